@@ -1,0 +1,79 @@
+"""The built-in dataset as shards in a cache directory, generated on first use (no download)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from data_modules import shapes
+from data_modules.shards import shard_pattern, write_dataset_atomically, write_split
+from data_modules.webdataset_dm import WebDatasetDataModule
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("JEPA_DATA_DIR", Path.home() / ".cache" / "jepa_platform"))
+
+
+def shapes_dir(root: str | os.PathLike, seed: int, num_train: int, num_val: int, image_size: int) -> Path:
+    return Path(root).expanduser() / f"shapes10-v1-seed{seed}-{num_train}-{num_val}-{image_size}px"
+
+
+def ensure_shapes_dataset(
+    root: str | os.PathLike,
+    seed: int = 0,
+    num_train: int = 20000,
+    num_val: int = 5000,
+    image_size: int = 32,
+    samples_per_shard: int = 1000,
+    workers: int | None = None,
+) -> Path:
+    """Generate the shapes dataset under ``root`` once; later calls find it complete and return at once."""
+    target = shapes_dir(root, seed, num_train, num_val, image_size)
+    workers = workers or min(os.cpu_count() or 1, 8)
+
+    def write(tmp: Path) -> dict:
+        start = time.perf_counter()
+        log.info("generating the built-in shapes dataset into %s (%d workers)", target, workers)
+        splits = {
+            split: write_split(shapes.make_sample_fn(seed, split, image_size), tmp, split, n, samples_per_shard, workers)
+            for split, n in (("train", num_train), ("val", num_val))
+        }
+        log.info("generated %d samples in %.1fs", num_train + num_val, time.perf_counter() - start)
+        return {"dataset": "shapes10-v1", "seed": seed, "classes": list(shapes.CLASSES), "image_size": image_size, "splits": splits}
+
+    write_dataset_atomically(target, write)
+    return target
+
+
+class ShapesDataModule(WebDatasetDataModule):
+    """The built-in 10-class shapes dataset (see :mod:`data_modules.shapes`), written as shards on first use."""
+
+    def __init__(
+        self,
+        root: str | None = None,
+        dataset_seed: int = 0,
+        num_train: int = 20000,
+        num_val: int = 5000,
+        image_size: int = 32,
+        samples_per_shard: int = 1000,
+        **kwargs,
+    ) -> None:
+        self.root = Path(root).expanduser() if root else default_cache_dir()
+        self.gen = {"seed": dataset_seed, "num_train": num_train, "num_val": num_val, "image_size": image_size}
+        self.samples_per_shard = samples_per_shard
+        directory = shapes_dir(self.root, **self.gen)
+        n_shards = lambda n: -(-n // samples_per_shard)  # noqa: E731
+        kwargs.setdefault("num_classes", len(shapes.CLASSES))
+        super().__init__(
+            train_shards=shard_pattern(directory, "train", n_shards(num_train)),
+            val_shards=shard_pattern(directory, "val", n_shards(num_val)),
+            image_size=image_size,
+            **kwargs,
+        )
+
+    def prepare_data(self) -> None:
+        ensure_shapes_dataset(self.root, samples_per_shard=self.samples_per_shard, **self.gen)

@@ -1,0 +1,81 @@
+"""Writing WebDataset shards atomically.
+
+Shards are written into a temporary sibling directory and moved into place only when every shard and the
+manifest are complete, so an interrupted write never leaves a half-written dataset that later runs would read,
+and an existing complete dataset is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import webdataset as wds
+
+MANIFEST = "manifest.json"
+
+
+def shard_pattern(directory: str | os.PathLike, prefix: str, num_shards: int) -> str:
+    """Brace pattern naming every shard, e.g. ``/data/train-{000000..000019}.tar``."""
+    return f"{Path(directory)}/{prefix}-{{{0:06d}..{num_shards - 1:06d}}}.tar"
+
+
+def _write_one(sample_fn: Callable[[int], dict], path: str, start: int, stop: int) -> int:
+    with wds.TarWriter(path) as sink:
+        for index in range(start, stop):
+            sink.write(sample_fn(index))
+    return stop - start
+
+
+def write_split(
+    sample_fn: Callable[[int], dict],
+    directory: Path,
+    prefix: str,
+    num_samples: int,
+    samples_per_shard: int,
+    workers: int = 1,
+) -> dict:
+    """Write ``num_samples`` samples (``sample_fn(i)`` for each index) into shards under ``directory``."""
+    if num_samples <= 0 or samples_per_shard <= 0:
+        raise ValueError(f"num_samples ({num_samples}) and samples_per_shard ({samples_per_shard}) must be positive")
+    bounds = [(s, min(s + samples_per_shard, num_samples)) for s in range(0, num_samples, samples_per_shard)]
+    paths = [str(directory / f"{prefix}-{k:06d}.tar") for k in range(len(bounds))]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            counts = list(pool.map(_write_one, [sample_fn] * len(bounds), paths, *zip(*bounds, strict=True)))
+    else:
+        counts = [_write_one(sample_fn, p, a, b) for p, (a, b) in zip(paths, bounds, strict=True)]
+    return {"num_samples": sum(counts), "num_shards": len(paths), "pattern": f"{prefix}-{{{0:06d}..{len(paths) - 1:06d}}}.tar"}
+
+
+def write_dataset_atomically(target: Path, write: Callable[[Path], dict]) -> dict:
+    """Run ``write(tmp_dir) -> manifest`` and move the result to ``target``; keep ``target`` if already complete."""
+    target = Path(target)
+    if (target / MANIFEST).exists():
+        return read_manifest(target)
+    if target.exists() and any(target.iterdir()):
+        raise FileExistsError(f"{target} exists without {MANIFEST} (an interrupted or foreign write): remove it or choose another directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        manifest = write(tmp)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if target.exists():
+            target.rmdir()
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished the same dataset first: use theirs
+            if not (target / MANIFEST).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return read_manifest(target)
+
+
+def read_manifest(directory: Path) -> dict:
+    return json.loads((Path(directory) / MANIFEST).read_text())

@@ -1,0 +1,233 @@
+"""Finding, composing and checking the Hydra configs in ``conf/``.
+
+Hydra reports a bad override with several lines and a stack-trace hint. Before a run starts, the CLI composes the
+config once here and turns each kind of mistake into one line that says what to fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import itertools
+import os
+import re
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from jepa_platform.errors import ConfigError
+
+# Hydra flags that take a value, so that the value is not mistaken for an override.
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd",
+                     "--experimental-rerun"}
+_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version"}
+
+
+def config_dir() -> Path:
+    """The ``conf/`` directory: ``$JEPA_CONFIG_DIR`` or the one beside the package."""
+    path = Path(os.environ.get("JEPA_CONFIG_DIR", Path(__file__).resolve().parent.parent / "conf"))
+    if not (path / "train.yaml").is_file():
+        raise ConfigError(f"no train.yaml in {path}: set JEPA_CONFIG_DIR to the project's conf/ directory")
+    return path
+
+
+def group_options(group: str, conf: Path | None = None) -> list[str]:
+    """Options of a config group: the YAML files in ``conf/<group>/``."""
+    directory = (conf or config_dir()) / group
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def config_groups(conf: Path | None = None) -> list[str]:
+    conf = conf or config_dir()
+    return sorted(p.name for p in conf.iterdir() if p.is_dir() and any(p.glob("*.yaml")))
+
+
+@cache
+def trainer_arguments() -> tuple[str, ...]:
+    from lightning.pytorch import Trainer
+
+    return tuple(p for p in inspect.signature(Trainer.__init__).parameters if p != "self")
+
+
+def _suggest(word: str, options: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def split_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """Separate Hydra flags (with their values) from overrides."""
+    flags, overrides = [], []
+    it = iter(args)
+    for arg in it:
+        if arg.startswith("-") and not arg.startswith(("--cfg=", "-c=")) and "=" not in arg.split(" ")[0].lstrip("-+~"):
+            flags.append(arg)
+            if arg in _FLAGS_WITH_VALUE:
+                flags.append(next(it, ""))
+        elif arg.startswith("-"):
+            flags.append(arg)
+        else:
+            overrides.append(arg)
+    return flags, overrides
+
+
+def rewrite_trainer_overrides(args: list[str]) -> list[str]:
+    """Let ``trainer.<arg>=value`` set any Lightning Trainer argument, listed in the trainer config or not.
+
+    Hydra only overrides keys that the config has; every real Trainer argument is rewritten to ``++`` (add or
+    override), and a name that is no Trainer argument is an error with a suggestion.
+    """
+    flags, overrides = split_args(args)
+    _check_syntax(overrides)
+    out = []
+    for arg in args:
+        m = re.match(r"^trainer\.([A-Za-z_][A-Za-z0-9_]*)(=|\.)", arg)
+        if m and not arg.startswith(("+", "~")):
+            name = m.group(1)
+            if name not in trainer_arguments() and name != "_target_":
+                raise ConfigError(
+                    f"trainer.{name} is not a Lightning Trainer argument{_suggest(name, trainer_arguments())}: "
+                    "see lightning.pytorch.Trainer for the list"
+                )
+            if m.group(2) == "=":
+                arg = "++" + arg
+        out.append(arg)
+    return out
+
+
+def _check_group_choices(overrides: list[str], conf: Path) -> None:
+    groups = config_groups(conf)
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if override.package or key not in groups or override.is_delete():
+            continue
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
+        options = group_options(key, conf)
+        for value in values:
+            if value not in options and value != "null":
+                raise ConfigError(f"unknown {key} '{value}'{_suggest(value, options)}: choose one of {', '.join(options)}")
+
+
+def _expand_sweeps(overrides: list[str], limit: int = 32) -> Iterator[list[str]]:
+    """Each combination of a multirun sweep, as plain overrides (at most ``limit``)."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices = []
+    for override in parsed:
+        prefix = override.get_key_element()
+        if override.is_sweep_override() and not override.is_hydra_override():
+            choices.append([f"{prefix}={v}" for v in override.sweep_string_iterator()])
+        else:
+            choices.append([override.input_line])
+    yield from itertools.islice(itertools.product(*choices), limit)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _check_syntax(overrides: list[str]) -> None:
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_override(override)
+        except HydraException as exc:
+            detail = next((ln for ln in str(exc).splitlines() if not ln.startswith(("Error parsing", "See "))), "")
+            raise ConfigError(
+                f"malformed override '{override}' ({detail.strip()}): write key=value (e.g. trainer.max_epochs=2), "
+                "group=option, or key=[a,b] for lists; quote values with spaces"
+            ) from exc
+
+
+def _unknown_key(full_key: str, overrides: list[str], config_name: str, conf: Path) -> ConfigError:
+    """Name the unknown key and suggest the closest existing one under the same parent."""
+    parent, _, name = full_key.rpartition(".")
+    hint = ""
+    try:
+        others = [o for o in overrides if not o.lstrip("+~").startswith(full_key + "=")]
+        node = compose_config(others, config_name, conf)
+        node = OmegaConf.select(node, parent) if parent else node
+        if isinstance(node, DictConfig):
+            hint = _suggest(name, [str(k) for k in node])
+            hint = hint.replace("mean ", f"mean {parent}.") if parent else hint
+    except Exception:
+        hint = ""
+    return ConfigError(f"unknown config key '{full_key}'{hint}: list the keys with `jepa train --cfg job`, or add a new key with +{full_key}=...")
+
+
+def explain(exc: BaseException, overrides: list[str], config_name: str = "train", conf: Path | None = None) -> ConfigError:
+    """A one-line :class:`ConfigError` that says what to fix, from a Hydra or OmegaConf error."""
+    text = str(exc)
+    m = re.search(r"Could not override '([^']+)'", text)
+    if m:
+        return _unknown_key(m.group(1), overrides, config_name, conf or config_dir())
+    if isinstance(exc, MissingMandatoryValue):
+        key = getattr(exc, "full_key", "") or "a value"
+        return ConfigError(f"{key} is required but not set: add {key}=... to the command line")
+    if isinstance(exc, MissingConfigException):
+        return ConfigError(f"{_one_line(exc).split(' Available options')[0]}: check the group option (jepa train --help lists them)")
+    return ConfigError(f"config error: {_one_line(exc).split(' full_key:')[0]}")
+
+
+def compose_config(overrides: list[str], config_name: str = "train", conf: Path | None = None, output_dir: str = ".") -> DictConfig:
+    """Compose a config as ``jepa train`` would, with the Hydra runtime set, for checks, tests and notebooks."""
+    conf = conf or config_dir()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        if OmegaConf.is_missing(cfg.hydra.runtime, "cwd") or not cfg.hydra.runtime.cwd:
+            cfg.hydra.runtime.cwd = os.getcwd()
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def validate(args: list[str], config_name: str = "train") -> None:
+    """Compose (every sweep combination of) the config and resolve it; raise a one-line ConfigError if it fails."""
+    flags, overrides = split_args(args)
+    if any(f in _INFO_FLAGS for f in flags):
+        return
+    conf = config_dir()
+    try:
+        _check_syntax(overrides)
+        _check_group_choices(overrides, conf)
+        combos = _expand_sweeps(overrides) if {"-m", "--multirun"} & set(flags) else [overrides]
+        for combo in map(list, combos):
+            overrides = combo
+            job_config(compose_config(combo, config_name, conf))
+    except ConfigError:
+        raise
+    except (OmegaConfBaseException, ConfigCompositionException, MissingConfigException) as exc:
+        raise explain(exc, overrides, config_name, conf) from exc
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def job_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config of a job as plain containers, without the ``hydra`` node."""
+    out = {}
+    for key in cfg:
+        if key != "hydra":
+            value = cfg[key]
+            out[key] = OmegaConf.to_container(value, resolve=True, throw_on_missing=True) if OmegaConf.is_config(value) else value
+    return out
+
+
+def flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a.b.c": value}`` from nested dicts, for MLflow params (lists become strings)."""
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

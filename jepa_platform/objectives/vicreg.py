@@ -1,0 +1,38 @@
+"""VICReg: Variance-Invariance-Covariance Regularization (Bardes, Ponce, LeCun, ICLR 2022)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from jepa_platform.losses.functional import LossOutput, vicreg
+from jepa_platform.objectives.base import JointEmbeddingObjective
+from jepa_platform.optim import OptimizerFactory
+
+
+class VICReg(JointEmbeddingObjective):
+    """Two views through a shared encoder and expander; invariance between them, variance and covariance of each.
+
+    ``train/energy`` is the invariance term: the mean squared distance between the two views' embeddings.
+    """
+
+    energy_term = "invariance"
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        optimizer: OptimizerFactory,
+        projector_dims: Sequence[int] = (2048, 2048, 2048),
+        sim_weight: float = 25.0,
+        var_weight: float = 25.0,
+        cov_weight: float = 1.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(encoder, optimizer, projector_dims, **kwargs)
+        self.weights = {"sim_weight": sim_weight, "var_weight": var_weight, "cov_weight": cov_weight}
+
+    def compute_loss(self, embeddings: list[Tensor], representations: list[Tensor]) -> LossOutput:
+        if len(embeddings) != 2:
+            raise ValueError(f"VICReg takes exactly 2 views, got {len(embeddings)}: set data.num_views=2")
+        return vicreg(embeddings[0], embeddings[1], **self.weights)

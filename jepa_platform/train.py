@@ -1,0 +1,174 @@
+"""``jepa train``: build the DataModule, objective, callbacks, logger and Trainer from the config, then fit.
+
+Every run gets its own directory (checkpoints, resolved config, log). Resuming (``ckpt_path=last`` or a path)
+loads the checkpoint with ``weights_only=True`` and continues the MLflow run that wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from jepa_platform.config import config_dir, flatten, job_config
+from jepa_platform.errors import CheckpointError, JepaError
+
+log = logging.getLogger(__name__)
+RUN_INFO = "mlflow_run.json"
+
+# Known-harmless warnings that would otherwise bury the useful output of every run.
+for pattern in (
+    r".*does not have many workers.*",
+    r".*Your `IterableDataset` has `__len__` defined.*",
+    r".*The number of training batches \(\d+\) is smaller than the logging interval.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+):
+    warnings.filterwarnings("ignore", message=pattern)
+
+
+def find_checkpoint(spec: str, runs_dir: Path, output_dir: Path) -> Path:
+    """A checkpoint file from ``last`` (this run's, else the newest under ``runs_dir``), a run directory or a path."""
+    if spec == "last":
+        own = output_dir / "checkpoints" / "last.ckpt"
+        if own.is_file():
+            return own
+        found = sorted(runs_dir.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise CheckpointError(f"ckpt_path=last: no checkpoints/last.ckpt under {runs_dir}: train a run first, or give ckpt_path=<file or run dir>")
+        return found[-1]
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "last.ckpt", path / "last.ckpt"):
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"ckpt_path={spec}: the directory has no checkpoints/last.ckpt: give a .ckpt file or a run directory")
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path={spec} does not exist: give a .ckpt file, a run directory, or ckpt_path=last")
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load safely (tensors and plain containers only); an unreadable file is a one-line error."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt, foreign or unsafe file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot load {path} safely (weights_only=True): {first}") from exc
+
+
+def check_checkpoint_matches(ckpt: dict[str, Any], model: torch.nn.Module, path: Path) -> None:
+    expected, found = set(model.state_dict()), set(ckpt.get("state_dict", {}))
+    if expected != found:
+        missing, unexpected = sorted(expected - found), sorted(found - expected)
+        raise CheckpointError(
+            f"{path} does not match this model ({len(missing)} missing keys e.g. {missing[:2]}, {len(unexpected)} unexpected e.g. "
+            f"{unexpected[:2]}): resume with the objective and encoder config of the run that wrote it"
+        )
+
+
+def run_info_for(ckpt: Path) -> dict[str, Any] | None:
+    path = ckpt.resolve().parent.parent / RUN_INFO
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class RunRecorder(Callback):
+    """Records the resolved config in MLflow (flattened params and a YAML artifact) and leaves a pointer to the
+    MLflow run in the run directory, so that resuming and ``jepa eval`` find the run."""
+
+    def __init__(self, config: dict[str, Any], output_dir: Path, resumed: bool) -> None:
+        self.config, self.output_dir, self.resumed = config, output_dir, resumed
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        config_file = self.output_dir / "config.yaml"
+        config_file.write_text(OmegaConf.to_yaml(self.config))
+        logger = trainer.logger
+        if not isinstance(logger, MLFlowLogger):
+            return
+        client, run_id = logger.experiment, logger.run_id
+        params = {k: str(v)[:6000] for k, v in flatten(self.config).items()}
+        existing = client.get_run(run_id).data.params if self.resumed else {}
+        logger.log_hyperparams({k: v for k, v in params.items() if k not in existing})
+        for key, value in params.items():
+            if key in existing and existing[key] != value:  # MLflow params are immutable: record the change as a tag
+                client.set_tag(run_id, f"resume.{key}", value)
+        client.log_artifact(run_id, str(config_file), artifact_path=f"config/{self.output_dir.name}")
+        client.set_tag(run_id, "run_dir", str(self.output_dir))
+        info = {"run_id": run_id, "experiment_id": logger.experiment_id, "tracking_uri": logger._tracking_uri}
+        (self.output_dir / RUN_INFO).write_text(json.dumps(info, indent=2))
+
+
+def _instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
+    if not cfg:
+        return []
+    return [instantiate(node) for node in cfg.values() if node is not None and node.get("_target_")]
+
+
+def run_train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the configured objective; return the final callback metrics."""
+    output_dir = Path(cfg.paths.output_dir).resolve()
+    config = job_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+
+    ckpt_path = None
+    if cfg.get("ckpt_path"):
+        ckpt_path = find_checkpoint(str(cfg.ckpt_path), Path(cfg.paths.runs_dir), output_dir)
+        log.info("resuming from %s", ckpt_path)
+
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.objective, _convert_="all")
+    if ckpt_path is not None:
+        check_checkpoint_matches(load_checkpoint(ckpt_path), model, ckpt_path)
+
+    logger: Any = False
+    if cfg.get("logger") and cfg.logger.get("_target_"):
+        previous = run_info_for(ckpt_path) if ckpt_path else None
+        extra = {"run_id": previous["run_id"]} if previous and "mlflow" in cfg.logger._target_.lower() else {}
+        logger = instantiate(cfg.logger, **extra)
+
+    callbacks = [*_instantiate_callbacks(cfg.get("callbacks")), RunRecorder(config, output_dir, resumed=ckpt_path is not None)]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, _convert_="all")
+    trainer.fit(model, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if trainer.is_global_zero:
+        _print_summary(metrics, output_dir, logger)
+    return metrics
+
+
+def _print_summary(metrics: dict[str, float], output_dir: Path, logger: Any) -> None:
+    keys = [k for k in ("val/probe_acc", "val/knn_acc", "train/loss", "train/energy", "val/repr/rank", "emb/rank") if k in metrics]
+    print("\nfinal: " + "  ".join(f"{k}={metrics[k]:.4f}" for k in keys))
+    print(f"run directory: {output_dir}")
+    if isinstance(logger, MLFlowLogger):
+        print(f"MLflow run {logger.run_id} in {logger._tracking_uri}\n  browse: mlflow ui --backend-store-uri {logger._tracking_uri}")
+
+
+def main(args: list[str]) -> int:
+    """Entry of ``jepa train``: hand the arguments to the Hydra app."""
+
+    @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
+    def _app(cfg: DictConfig) -> None:
+        try:
+            run_train(cfg)
+        except JepaError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    sys.argv = ["jepa-train", *args]
+    _app()
+    return 0
+
