@@ -75,8 +75,9 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Smooth two-colour texture plus pixel noise, float32 HxWx3 in [0, 255]."""
-    c0, c1 = _random_colour(rng), _random_colour(rng)
+    """Smooth low-contrast two-colour texture plus pixel noise, float32 HxWx3 in [0, 255]."""
+    c0 = _random_colour(rng)
+    c1 = np.clip(c0 + rng.uniform(-50, 50, size=3), 0, 255)
     grid = rng.uniform(0, 1, size=(4, 4)).astype(np.float32)
     t = np.asarray(Image.fromarray((grid * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR), np.float32) / 255
     img = c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]
@@ -88,9 +89,9 @@ def _clutter(rng: np.random.Generator, img: np.ndarray, size: int) -> None:
     """Draw a few random strokes and dots that are not class shapes."""
     canvas = Image.new("L", (size * _SUPERSAMPLE, size * _SUPERSAMPLE), 0)
     draw = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(1, 4))):
+    for _ in range(int(rng.integers(1, 3))):
         x0, y0, x1, y1 = rng.uniform(0, size * _SUPERSAMPLE, size=4)
-        draw.line([(x0, y0), (x1, y1)], fill=255, width=int(rng.integers(2, 6)))
+        draw.line([(x0, y0), (x1, y1)], fill=255, width=int(rng.integers(2, 4)))
     alpha = np.asarray(canvas.resize((size, size), Image.BOX), np.float32)[..., None] / 255
     img *= 1 - alpha
     img += alpha * _random_colour(rng)
@@ -98,7 +99,7 @@ def _clutter(rng: np.random.Generator, img: np.ndarray, size: int) -> None:
 
 def _shape_mask(cls_name: str, rng: np.random.Generator, size: int) -> np.ndarray:
     big = size * _SUPERSAMPLE
-    scale = rng.uniform(0.22, 0.42) * big
+    scale = rng.uniform(0.26, 0.44) * big
     angle = rng.uniform(0, 2 * math.pi)
     margin = scale * 0.9
     cx, cy = rng.uniform(margin, big - margin, size=2)

@@ -216,7 +216,15 @@ class WebDatasetDataModule(L.LightningDataModule):
         )
         return self._loader(ds, persistent=True)
 
-    def _eval_loader(self, urls: list[str], limit: int | None = None) -> DataLoader:
+    def eval_dataloader(self, split: str, limit: int | None = None) -> DataLoader:
+        """Labelled, un-augmented batches of ``split`` ("train" or "val"), at most about ``limit`` samples."""
+        if not self._train_urls:
+            self.setup("validate")
+        if self.eval_transform is None:
+            raise ConfigError("data.eval_transform is required for evaluation: set it (e.g. ToDtype + Normalize)")
+        urls = {"train": self._train_urls, "val": self._val_urls}[split]
+        if not urls:
+            raise ConfigError(f"no {split} shards: set data.{split}_shards")
         ds = self._source(urls, train=False)
         if limit is not None:
             ds = ds.slice(max(limit // (self._world_size * max(self.num_workers, 1)), 1))
@@ -227,9 +235,7 @@ class WebDatasetDataModule(L.LightningDataModule):
         """Loader 0: validation set; loader 1: labelled kNN bank from the training shards (if enabled)."""
         if not self._val_urls:
             return []
-        if self.eval_transform is None:
-            raise ConfigError("data.eval_transform is required for validation: set it (e.g. ToDtype + Normalize)")
-        loaders = [self._eval_loader(self._val_urls)]
+        loaders = [self.eval_dataloader("val")]
         if self.knn_bank_size > 0 and self.label_key:
-            loaders.append(self._eval_loader(self._train_urls, limit=self.knn_bank_size))
+            loaders.append(self.eval_dataloader("train", limit=self.knn_bank_size))
         return loaders

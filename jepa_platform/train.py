@@ -17,7 +17,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -140,6 +140,8 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
         logger = instantiate(cfg.logger, **extra)
 
     callbacks = [*_instantiate_callbacks(cfg.get("callbacks")), RunRecorder(config, output_dir, resumed=ckpt_path is not None)]
+    if not logger:  # nothing to record learning rates into
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, _convert_="all")
     trainer.fit(model, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
 

@@ -1,0 +1,49 @@
+# jepa-platform: `make demo` and `make test` set everything up on a fresh machine (Python 3.10+ and make).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+RUNS ?= $(CURDIR)/runs
+
+.PHONY: install demo test test-all lint format bench ui clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Pinned install (torch/torchvision and every dependency from constraints.txt); redone when either file changes.
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+# Train VICReg on the built-in dataset (generated on first use), then compare its frozen encoder with the same
+# encoder randomly initialised. Results go to the MLflow store in runs/mlflow.db (`make ui` to browse).
+demo: install
+	JEPA_RUNS_DIR=$(RUNS) $(BIN)/jepa train experiment=demo
+	$(BIN)/jepa eval last --runs-dir $(RUNS)
+
+test: install
+	$(BIN)/pytest -q
+
+# Includes the slow tests (multi-process, longer training).
+test-all: install
+	$(BIN)/pytest -q -m "not gpu"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install
+	$(BIN)/python -m benchmarks.run_all
+
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(RUNS)/mlflow.db
+
+clean:
+	rm -rf .pytest_cache .ruff_cache build dist *.egg-info

@@ -1,0 +1,5 @@
+"""Lightning callbacks shared by every objective."""
+
+from jepa_platform.callbacks.progress import EpochSummary, views_batch_size
+
+__all__ = ["EpochSummary", "views_batch_size"]

@@ -1,0 +1,123 @@
+"""``jepa eval RUN``: linear-probe and kNN accuracy of a trained run's encoder, next to the same encoder
+randomly initialised and frozen (the baseline a self-supervised method has to beat).
+
+It rebuilds the encoder and data from the run's resolved ``config.yaml``, loads the checkpoint with
+``weights_only=True``, and logs ``eval/*`` metrics to the run's MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from jepa_platform.errors import CheckpointError, ConfigError
+from jepa_platform.eval.probe import extract_features, knn_accuracy, linear_probe_accuracy
+from jepa_platform.train import RUN_INFO, find_checkpoint, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jepa eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run directory (runs/<run>) or 'last' for the newest run under --runs-dir")
+    p.add_argument("--ckpt", default=None, help="checkpoint file (default: the run's checkpoints/last.ckpt)")
+    p.add_argument("--runs-dir", default="runs", help="where 'last' looks for runs (default: ./runs)")
+    p.add_argument("--random-init", choices=["compare", "only", "skip"], default="compare",
+                   help="also evaluate the same encoder randomly initialised (compare), only that (only), or not (skip)")
+    p.add_argument("--train-samples", type=int, default=10000, help="labelled training samples for the probe and kNN bank")
+    p.add_argument("--knn-k", type=int, default=20)
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty of the logistic-regression probe")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the results to the run's MLflow run")
+    return p
+
+
+def _resolve_run(run: str, runs_dir: Path) -> Path:
+    if run == "last":
+        ckpt = find_checkpoint("last", runs_dir, runs_dir / "__none__")
+        return ckpt.parent.parent
+    path = Path(run).expanduser()
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"{run} is not a run directory (no config.yaml): give runs/<run> as written by jepa train")
+    return path
+
+
+def evaluate(encoder: torch.nn.Module, datamodule, num_classes: int, args: argparse.Namespace) -> dict[str, float]:
+    train_x, train_y = extract_features(encoder, datamodule.eval_dataloader("train", limit=args.train_samples), args.device)
+    val_x, val_y = extract_features(encoder, datamodule.eval_dataloader("val"), args.device)
+    return {
+        "linear_probe_acc": linear_probe_accuracy(train_x, train_y, val_x, val_y, num_classes, args.weight_decay),
+        "knn_acc": knn_accuracy(train_x, train_y, val_x, val_y, num_classes, args.knn_k),
+    }
+
+
+def _trained_encoder(cfg, ckpt: Path) -> torch.nn.Module:
+    encoder = instantiate(cfg.objective.encoder, _convert_="all")
+    state = load_checkpoint(ckpt).get("state_dict", {})
+    weights = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    if not weights:
+        raise CheckpointError(f"{ckpt} has no encoder weights (state_dict keys 'encoder.*'): give a checkpoint written by jepa train")
+    try:
+        encoder.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{ckpt} does not match the run's encoder config: {str(exc).splitlines()[0]}") from exc
+    return encoder
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    run_dir = _resolve_run(args.run, Path(args.runs_dir))
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    num_classes = cfg.data.get("num_classes")
+    if not num_classes:
+        raise ConfigError(f"{run_dir}/config.yaml has no data.num_classes: evaluation needs labelled data")
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+
+    results: dict[str, float] = {}
+    if args.random_init != "only":
+        ckpt = Path(args.ckpt) if args.ckpt else find_checkpoint(str(run_dir), run_dir, run_dir)
+        torch.manual_seed(cfg.seed)
+        results.update({f"eval/{k}": v for k, v in evaluate(_trained_encoder(cfg, ckpt), datamodule, num_classes, args).items()})
+    if args.random_init != "skip":
+        torch.manual_seed(cfg.seed)
+        encoder = instantiate(cfg.objective.encoder, _convert_="all")
+        results.update({f"eval/random_init/{k}": v for k, v in evaluate(encoder, datamodule, num_classes, args).items()})
+
+    _report(results, run_dir)
+    if not args.no_mlflow:
+        _log_mlflow(results, run_dir)
+    return 0
+
+
+def _report(results: dict[str, float], run_dir: Path) -> None:
+    print(f"\nfrozen-encoder evaluation of {run_dir}")
+    print(f"{'encoder':<14}{'linear probe':>14}{'kNN':>10}")
+    for name, prefix in (("trained", "eval/"), ("random init", "eval/random_init/")):
+        if f"{prefix}linear_probe_acc" in results:
+            print(f"{name:<14}{results[prefix + 'linear_probe_acc']:>14.4f}{results[prefix + 'knn_acc']:>10.4f}")
+    if "eval/linear_probe_acc" in results and "eval/random_init/linear_probe_acc" in results:
+        gain = 100 * (results["eval/linear_probe_acc"] - results["eval/random_init/linear_probe_acc"])
+        print(f"trained minus random init (linear probe): {gain:+.1f} points")
+    (run_dir / "eval.json").write_text(json.dumps(results, indent=2))
+
+
+def _log_mlflow(results: dict[str, float], run_dir: Path) -> None:
+    info_file = run_dir / RUN_INFO
+    if not info_file.is_file():
+        log.warning("no %s in %s: results not logged to MLflow", RUN_INFO, run_dir)
+        return
+    import mlflow
+
+    info = json.loads(info_file.read_text())
+    client = mlflow.MlflowClient(tracking_uri=info["tracking_uri"])
+    for key, value in results.items():
+        client.log_metric(info["run_id"], key, value)
+    print(f"logged {', '.join(results)} to MLflow run {info['run_id']}")

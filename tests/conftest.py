@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny generated dataset (once per session) and composed configs shrunk for CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+from data_modules.builtin import ensure_shapes_dataset
+from jepa_platform.config import compose_config
+
+TINY = {"num_train": 512, "num_val": 256, "samples_per_shard": 128}
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory holding the tiny shapes dataset that `debug=fast` uses."""
+    root = tmp_path_factory.mktemp("data")
+    ensure_shapes_dataset(root, workers=1, **TINY)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(data_root: Path) -> Path:
+    return ensure_shapes_dataset(data_root, workers=1, **TINY)
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path, data_root: Path):
+    """Compose `jepa train debug=fast` with runs and data under temporary directories."""
+
+    def make(*overrides: str, run_name: str = "run"):
+        runs = tmp_path / "runs"
+        return compose_config(
+            ["debug=fast", f"paths.runs_dir={runs}", f"paths.data_dir={data_root}", *overrides], output_dir=str(runs / run_name)
+        )
+
+    yield make
+    GlobalHydra.instance().clear()

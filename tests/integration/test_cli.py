@@ -1,0 +1,54 @@
+"""The `jepa` console script as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jepa_platform import cli
+
+
+def _jepa(*args: str, cwd: Path, env_data: Path) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "JEPA_DATA_DIR": str(env_data), "JEPA_RUNS_DIR": str(cwd / "runs")}
+    return subprocess.run([sys.executable, "-m", "jepa_platform.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_train_runs_and_writes_a_run(tmp_path: Path, data_root: Path):
+    result = _jepa("train", "debug=fast", "trainer.max_epochs=1", cwd=tmp_path, env_data=data_root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = [p for p in (tmp_path / "runs").iterdir() if p.is_dir() and (p / "checkpoints").is_dir()]
+    assert len(runs) == 1 and (runs[0] / "checkpoints" / "last.ckpt").is_file()
+    assert "final: val/probe_acc=" in result.stdout
+    assert (tmp_path / "runs" / "mlflow.db").is_file()
+
+
+def test_help_lists_groups(tmp_path: Path, data_root: Path):
+    result = _jepa("train", "--help", cwd=tmp_path, env_data=data_root)
+    assert result.returncode == 0
+    for group in ("objective: vicreg", "encoder: resnet18, resnet50, tiny, vit_tiny", "trainer: cpu, default, gpu"):
+        assert group in result.stdout
+
+
+def test_cfg_job_prints_config(tmp_path: Path, data_root: Path):
+    result = _jepa("train", "objective.sim_weight=10", "--cfg", "job", cwd=tmp_path, env_data=data_root)
+    assert result.returncode == 0 and "sim_weight: 10" in result.stdout
+
+
+def test_missing_shards_exit_with_one_line(tmp_path: Path, data_root: Path):
+    result = _jepa("train", "debug=fast", "data=webdataset", f"data.train_shards='{tmp_path}/none-{{0..3}}.tar'", "data.num_classes=10",
+                   cwd=tmp_path, env_data=data_root)
+    assert result.returncode == 2
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "data.train_shards: no shard at" in errors[0]
+
+
+@pytest.mark.parametrize("args", [["train", "objective=nope"], ["train", "trainer.max_epochs=[1"], ["frobnicate"]])
+def test_user_errors_exit_2(args: list[str], capsys):
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err

@@ -1,0 +1,47 @@
+"""The timm adapter: any timm model by name, the small-image stem, token features and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jepa_platform.encoders import TimmEncoder, projector
+from jepa_platform.errors import ConfigError
+
+
+def test_pooled_and_token_features():
+    enc = TimmEncoder("test_resnet")
+    x = torch.randn(2, 3, 32, 32)
+    assert enc(x).shape == (2, enc.num_features)
+    tokens = enc.forward_tokens(x)
+    assert tokens.shape[0] == 2 and tokens.shape[-1] == enc.num_features
+
+
+def test_small_stem_keeps_resolution():
+    x = torch.randn(2, 3, 32, 32)
+    standard = TimmEncoder("resnet18").forward_tokens(x)
+    small = TimmEncoder("resnet18", small_stem=True).forward_tokens(x)
+    assert standard.shape == (2, 1, 512)  # 32px / 32 stride
+    assert small.shape == (2, 16, 512)  # 32px / 8 stride: 4x4 cells
+
+
+def test_vit_tokens_drop_prefix_tokens():
+    enc = TimmEncoder("test_vit", model_kwargs={"img_size": 32, "patch_size": 4})
+    assert enc.forward_tokens(torch.randn(2, 3, 32, 32)).shape[1] == 64
+
+
+def test_unknown_model_suggests_names():
+    with pytest.raises(ConfigError, match=r"resnet19.*did you mean.*resnet1"):
+        TimmEncoder("resnet19")
+
+
+def test_small_stem_on_vit_is_a_config_error():
+    with pytest.raises(ConfigError, match="small_stem"):
+        TimmEncoder("test_vit", small_stem=True)
+
+
+def test_projector_layers():
+    head = projector(16, [32, 32, 8])
+    assert head(torch.randn(4, 16)).shape == (4, 8)
+    assert isinstance(list(head.children())[-2], torch.nn.Linear)  # last layer: Linear (then a no-op dropout)
+    assert isinstance(projector(16, []), torch.nn.Identity)
