@@ -19,7 +19,7 @@ def default_cache_dir() -> Path:
 
 
 def shapes_dir(root: str | os.PathLike, seed: int, num_train: int, num_val: int, image_size: int) -> Path:
-    return Path(root).expanduser() / f"shapes10-v1-seed{seed}-{num_train}-{num_val}-{image_size}px"
+    return Path(root).expanduser() / f"shapes10-{shapes.VERSION}-seed{seed}-{num_train}-{num_val}-{image_size}px"
 
 
 def ensure_shapes_dataset(
@@ -43,7 +43,7 @@ def ensure_shapes_dataset(
             for split, n in (("train", num_train), ("val", num_val))
         }
         log.info("generated %d samples in %.1fs", num_train + num_val, time.perf_counter() - start)
-        return {"dataset": "shapes10-v1", "seed": seed, "classes": list(shapes.CLASSES), "image_size": image_size, "splits": splits}
+        return {"dataset": f"shapes10-{shapes.VERSION}", "seed": seed, "classes": list(shapes.CLASSES), "image_size": image_size, "splits": splits}
 
     write_dataset_atomically(target, write)
     return target

@@ -31,8 +31,9 @@ def decode_label(data: bytes) -> int:
 class SampleDecoder:
     """Maps a raw WebDataset sample to ``{"image": uint8 (3, H, W), "label": int?}``, skipping bad samples."""
 
-    def __init__(self, image_keys: tuple[str, ...] = IMAGE_EXTS, label_key: str | None = "cls", max_error_rate: float = 0.01,
-                 min_samples_for_rate: int = 200) -> None:
+    def __init__(
+        self, image_keys: tuple[str, ...] = IMAGE_EXTS, label_key: str | None = "cls", max_error_rate: float = 0.01, min_samples_for_rate: int = 200
+    ) -> None:
         self.image_keys, self.label_key = image_keys, label_key
         self.max_error_rate, self.min_samples = max_error_rate, min_samples_for_rate
         self.seen = self.failed = 0

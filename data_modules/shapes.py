@@ -16,6 +16,9 @@ from functools import partial
 import numpy as np
 from PIL import Image, ImageDraw
 
+# Bump when the images change: it names the cache directory, so no run reads shards of an older generator.
+VERSION = "v2"
+
 CLASSES: tuple[str, ...] = (
     "circle",
     "square",
@@ -60,8 +63,25 @@ _SHAPES: dict[str, list[tuple[Polygon, int]]] = {
     "square": [(_regular(4, 1.0, math.pi / 4), 255)],
     "triangle": [(_regular(3, 1.0), 255)],
     "star": [(_star(), 255)],
-    "cross": [([(-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3), (0.3, 1), (-0.3, 1),
-                (-0.3, 0.3), (-1, 0.3), (-1, -0.3), (-0.3, -0.3)], 255)],
+    "cross": [
+        (
+            [
+                (-0.3, -1),
+                (0.3, -1),
+                (0.3, -0.3),
+                (1, -0.3),
+                (1, 0.3),
+                (0.3, 0.3),
+                (0.3, 1),
+                (-0.3, 1),
+                (-0.3, 0.3),
+                (-1, 0.3),
+                (-1, -0.3),
+                (-0.3, -0.3),
+            ],
+            255,
+        )
+    ],
     "ring": [(_regular(40), 255), (_regular(40, 0.55), 0)],
     "crescent": [(_regular(40), 255), ([(x + 0.45, y - 0.1) for x, y in _regular(40, 0.85)], 0)],
     "heart": [(_heart(), 255)],

@@ -27,8 +27,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from jepa_platform.errors import ConfigError
 
 # Hydra flags that take a value, so that the value is not mistaken for an override.
-_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd",
-                     "--experimental-rerun"}
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--experimental-rerun"}
 _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version"}
 
 
@@ -85,7 +84,7 @@ def rewrite_trainer_overrides(args: list[str]) -> list[str]:
     Hydra only overrides keys that the config has; every real Trainer argument is rewritten to ``++`` (add or
     override), and a name that is no Trainer argument is an error with a suggestion.
     """
-    flags, overrides = split_args(args)
+    _flags, overrides = split_args(args)
     _check_syntax(overrides)
     out = []
     for arg in args:

@@ -46,7 +46,9 @@ def find_checkpoint(spec: str, runs_dir: Path, output_dir: Path) -> Path:
             return own
         found = sorted(runs_dir.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
-            raise CheckpointError(f"ckpt_path=last: no checkpoints/last.ckpt under {runs_dir}: train a run first, or give ckpt_path=<file or run dir>")
+            raise CheckpointError(
+                f"ckpt_path=last: no checkpoints/last.ckpt under {runs_dir}: train a run first, or give ckpt_path=<file or run dir>"
+            )
         return found[-1]
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -63,19 +65,24 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load safely (tensors and plain containers only); an unreadable file is a one-line error."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt, foreign or unsafe file
+    except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot load {path} safely (weights_only=True): {first}") from exc
 
 
 def check_checkpoint_matches(ckpt: dict[str, Any], model: torch.nn.Module, path: Path) -> None:
-    expected, found = set(model.state_dict()), set(ckpt.get("state_dict", {}))
-    if expected != found:
-        missing, unexpected = sorted(expected - found), sorted(found - expected)
-        raise CheckpointError(
-            f"{path} does not match this model ({len(missing)} missing keys e.g. {missing[:2]}, {len(unexpected)} unexpected e.g. "
-            f"{unexpected[:2]}): resume with the objective and encoder config of the run that wrote it"
+    """Fail before training if the checkpoint's weights do not fit the configured model (names and shapes)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in ckpt.get("state_dict", {}).items()}
+    missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    reshaped = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
+    if missing or unexpected or reshaped:
+        detail = "; ".join(
+            f"{len(keys)} {what} (e.g. {keys[0]})"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("reshaped", reshaped))
+            if keys
         )
+        raise CheckpointError(f"{path} does not match this model ({detail}): resume with the objective and encoder config of the run that wrote it")
 
 
 def run_info_for(ckpt: Path) -> dict[str, Any] | None:
@@ -173,4 +180,3 @@ def main(args: list[str]) -> int:
     sys.argv = ["jepa-train", *args]
     _app()
     return 0
-

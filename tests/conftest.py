@@ -32,9 +32,7 @@ def make_cfg(tmp_path: Path, data_root: Path):
 
     def make(*overrides: str, run_name: str = "run"):
         runs = tmp_path / "runs"
-        return compose_config(
-            ["debug=fast", f"paths.runs_dir={runs}", f"paths.data_dir={data_root}", *overrides], output_dir=str(runs / run_name)
-        )
+        return compose_config(["debug=fast", f"paths.runs_dir={runs}", f"paths.data_dir={data_root}", *overrides], output_dir=str(runs / run_name))
 
     yield make
     GlobalHydra.instance().clear()

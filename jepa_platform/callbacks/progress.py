@@ -40,5 +40,9 @@ class EpochSummary(Callback):
         shown = "  ".join(f"{k}={float(metrics[k]):.4f}" for k in SHOWN if k in metrics)
         log.info(
             "epoch %d/%d  %.0fs  %.0f samples/s/rank  %s",
-            trainer.current_epoch + 1, trainer.max_epochs, seconds, self._samples / max(seconds, 1e-9), shown,
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            seconds,
+            self._samples / max(seconds, 1e-9),
+            shown,
         )

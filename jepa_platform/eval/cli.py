@@ -28,8 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory (runs/<run>) or 'last' for the newest run under --runs-dir")
     p.add_argument("--ckpt", default=None, help="checkpoint file (default: the run's checkpoints/last.ckpt)")
     p.add_argument("--runs-dir", default="runs", help="where 'last' looks for runs (default: ./runs)")
-    p.add_argument("--random-init", choices=["compare", "only", "skip"], default="compare",
-                   help="also evaluate the same encoder randomly initialised (compare), only that (only), or not (skip)")
+    p.add_argument(
+        "--random-init",
+        choices=["compare", "only", "skip"],
+        default="compare",
+        help="also evaluate the same encoder randomly initialised (compare), only that (only), or not (skip)",
+    )
     p.add_argument("--train-samples", type=int, default=10000, help="labelled training samples for the probe and kNN bank")
     p.add_argument("--knn-k", type=int, default=20)
     p.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty of the logistic-regression probe")

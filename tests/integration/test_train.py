@@ -16,9 +16,14 @@ from jepa_platform.eval import cli as eval_cli
 from jepa_platform.train import RUN_INFO, run_train
 
 DESIGN_KEYS = [
-    "train/loss", "train/loss/invariance", "train/loss/variance", "train/loss/covariance", "train/energy",
+    "train/loss",
+    "train/loss/invariance",
+    "train/loss/variance",
+    "train/loss/covariance",
+    "train/energy",
     *[f"{where}/{stat}" for where in ("repr", "emb") for stat in ("std_mean", "std_min", "dead_dims_frac", "cov_offdiag", "rank")],
-    "val/probe_acc", "val/knn_acc",
+    "val/probe_acc",
+    "val/knn_acc",
 ]
 
 
@@ -57,7 +62,7 @@ def test_checkpoints_every_epoch_load_safely(trained):
 
 
 def test_resume_continues_steps_and_mlflow_run(trained, make_cfg):
-    cfg, _, run_dir = trained
+    _cfg, _, run_dir = trained
     first_ckpt = run_dir / "checkpoints" / "last.ckpt"
     digest = hashlib.sha256(first_ckpt.read_bytes()).hexdigest()
     _, run = _mlflow_run(run_dir)
@@ -77,7 +82,7 @@ def test_bad_checkpoints_are_clear_errors(trained, make_cfg, tmp_path: Path):
     _, _, run_dir = trained
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot load .*corrupt.ckpt safely"):
+    with pytest.raises(CheckpointError, match=r"cannot load .*corrupt.ckpt safely"):
         run_train(make_cfg(f"ckpt_path={corrupt}", run_name="r2"))
     with pytest.raises(CheckpointError, match="does not match this model"):
         run_train(make_cfg(f"ckpt_path={run_dir}", "objective.projector_dims=[32,16]", run_name="r3"))

@@ -10,7 +10,7 @@ from jepa_platform.losses import functional as LF
 
 
 def _reference_vicreg(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    n, d = x.shape
+    _n, d = x.shape
     inv = float(np.mean((x - y) ** 2))
 
     def var_term(z: np.ndarray) -> float:

@@ -1,0 +1,1 @@
+"""Speed measurements that print ratios measured side by side in one run (`make bench`)."""

@@ -1,0 +1,7 @@
+"""Run every benchmark (`make bench`)."""
+
+from benchmarks import data_vs_compute
+
+if __name__ == "__main__":
+    print("== data_vs_compute ==")
+    data_vs_compute.main([])
