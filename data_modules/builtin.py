@@ -39,7 +39,7 @@ def ensure_shapes_dataset(
         start = time.perf_counter()
         log.info("generating the built-in shapes dataset into %s (%d workers)", target, workers)
         splits = {
-            split: write_split(shapes.make_sample_fn(seed, split, image_size), tmp, split, n, samples_per_shard, workers)
+            split: write_split(shapes.make_sample_fn(seed, split, image_size), tmp, split, n, samples_per_shard, workers, mtime=0.0)
             for split, n in (("train", num_train), ("val", num_val))
         }
         log.info("generated %d samples in %.1fs", num_train + num_val, time.perf_counter() - start)

@@ -6,11 +6,13 @@ then the run stops with an error naming the shard, since silently training on a 
 
 from __future__ import annotations
 
+import io
 import logging
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_image
 
 from jepa_platform.errors import DataError
 
@@ -20,8 +22,9 @@ IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
 
 def decode_image_bytes(data: bytes) -> Tensor:
-    """uint8 ``(3, H, W)`` tensor from encoded image bytes."""
-    return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    """uint8 ``(3, H, W)`` tensor from encoded image bytes (PIL: torchvision.io's decoders are deprecated)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
 
 
 def decode_label(data: bytes) -> int:

@@ -25,8 +25,8 @@ def shard_pattern(directory: str | os.PathLike, prefix: str, num_shards: int) ->
     return f"{Path(directory)}/{prefix}-{{{0:06d}..{num_shards - 1:06d}}}.tar"
 
 
-def _write_one(sample_fn: Callable[[int], dict], path: str, start: int, stop: int) -> int:
-    with wds.TarWriter(path) as sink:
+def _write_one(sample_fn: Callable[[int], dict], path: str, start: int, stop: int, mtime: float | None) -> int:
+    with wds.TarWriter(path, mtime=mtime) as sink:
         for index in range(start, stop):
             sink.write(sample_fn(index))
     return stop - start
@@ -39,17 +39,22 @@ def write_split(
     num_samples: int,
     samples_per_shard: int,
     workers: int = 1,
+    mtime: float | None = None,
 ) -> dict:
-    """Write ``num_samples`` samples (``sample_fn(i)`` for each index) into shards under ``directory``."""
+    """Write ``num_samples`` samples (``sample_fn(i)`` for each index) into shards under ``directory``.
+
+    A fixed ``mtime`` for the tar members makes the shards byte-identical across runs (no write timestamps).
+    """
     if num_samples <= 0 or samples_per_shard <= 0:
         raise ValueError(f"num_samples ({num_samples}) and samples_per_shard ({samples_per_shard}) must be positive")
     bounds = [(s, min(s + samples_per_shard, num_samples)) for s in range(0, num_samples, samples_per_shard)]
     paths = [str(directory / f"{prefix}-{k:06d}.tar") for k in range(len(bounds))]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            counts = list(pool.map(_write_one, [sample_fn] * len(bounds), paths, *zip(*bounds, strict=True)))
+            starts, stops = zip(*bounds, strict=True)
+            counts = list(pool.map(_write_one, [sample_fn] * len(bounds), paths, starts, stops, [mtime] * len(bounds)))
     else:
-        counts = [_write_one(sample_fn, p, a, b) for p, (a, b) in zip(paths, bounds, strict=True)]
+        counts = [_write_one(sample_fn, p, a, b, mtime) for p, (a, b) in zip(paths, bounds, strict=True)]
     return {"num_samples": sum(counts), "num_shards": len(paths), "pattern": f"{prefix}-{{{0:06d}..{len(paths) - 1:06d}}}.tar"}
 
 

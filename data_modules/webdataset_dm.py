@@ -151,7 +151,9 @@ class WebDatasetDataModule(L.LightningDataModule):
     def _source(self, urls: list[str], train: bool) -> wds.WebDataset:
         decoder = self._decoder()
         if train and self.resample_shards:
-            ds = wds.WebDataset(urls, resampled=True, handler=decoder.handler, nodesplitter=None, seed=self.seed, empty_check=False)
+            ds = wds.WebDataset(
+                urls, resampled=True, shardshuffle=False, handler=decoder.handler, nodesplitter=None, seed=self.seed, empty_check=False
+            )
         else:
             ds = wds.WebDataset(
                 urls,

@@ -16,6 +16,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import MLFlowLogger
@@ -23,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from jepa_platform.config import config_dir, flatten, job_config
-from jepa_platform.errors import CheckpointError, JepaError
+from jepa_platform.errors import CheckpointError, ConfigError, JepaError
 
 log = logging.getLogger(__name__)
 RUN_INFO = "mlflow_run.json"
@@ -118,10 +119,21 @@ class RunRecorder(Callback):
         (self.output_dir / RUN_INFO).write_text(json.dumps(info, indent=2))
 
 
+def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
+    """``instantiate`` with a one-line error that names the config node when the arguments do not fit."""
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, JepaError):
+            raise exc.__cause__ from exc
+        detail = " ".join(str(exc.__cause__ or exc).split())
+        raise ConfigError(f"cannot build {what} ({node.get('_target_')}): {detail}: fix the {what} config or its overrides") from exc
+
+
 def _instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
     if not cfg:
         return []
-    return [instantiate(node) for node in cfg.values() if node is not None and node.get("_target_")]
+    return [build(node, f"callbacks.{name}") for name, node in cfg.items() if node is not None and node.get("_target_")]
 
 
 def run_train(cfg: DictConfig) -> dict[str, float]:
@@ -135,8 +147,8 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
         ckpt_path = find_checkpoint(str(cfg.ckpt_path), Path(cfg.paths.runs_dir), output_dir)
         log.info("resuming from %s", ckpt_path)
 
-    datamodule = instantiate(cfg.data, _convert_="all")
-    model = instantiate(cfg.objective, _convert_="all")
+    datamodule = build(cfg.data, "data")
+    model = build(cfg.objective, "objective")
     if ckpt_path is not None:
         check_checkpoint_matches(load_checkpoint(ckpt_path), model, ckpt_path)
 
@@ -144,12 +156,12 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("logger") and cfg.logger.get("_target_"):
         previous = run_info_for(ckpt_path) if ckpt_path else None
         extra = {"run_id": previous["run_id"]} if previous and "mlflow" in cfg.logger._target_.lower() else {}
-        logger = instantiate(cfg.logger, **extra)
+        logger = build(cfg.logger, "logger", **extra)
 
     callbacks = [*_instantiate_callbacks(cfg.get("callbacks")), RunRecorder(config, output_dir, resumed=ckpt_path is not None)]
     if not logger:  # nothing to record learning rates into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, _convert_="all")
+    trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
     trainer.fit(model, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

@@ -30,9 +30,10 @@ def tiny_dataset(data_root: Path) -> Path:
 def make_cfg(tmp_path: Path, data_root: Path):
     """Compose `jepa train debug=fast` with runs and data under temporary directories."""
 
-    def make(*overrides: str, run_name: str = "run"):
+    def make(*overrides: str, run_name: str = "run", debug: bool = True):
         runs = tmp_path / "runs"
-        return compose_config(["debug=fast", f"paths.runs_dir={runs}", f"paths.data_dir={data_root}", *overrides], output_dir=str(runs / run_name))
+        base = ["debug=fast"] if debug else ["encoder=tiny", "trainer=cpu"]
+        return compose_config([*base, f"paths.runs_dir={runs}", f"paths.data_dir={data_root}", *overrides], output_dir=str(runs / run_name))
 
     yield make
     GlobalHydra.instance().clear()

@@ -125,7 +125,7 @@ def test_val_and_bank_loaders(tiny_dataset: Path):
 
 
 def test_missing_shards_name_the_setting(tmp_path: Path):
-    with pytest.raises(DataError, match=r"data.train_shards: no shard at .*nope-000001.tar"):
+    with pytest.raises(DataError, match=r"data.train_shards: no shard at .*nope-000000.tar"):
         expand_shards(str(tmp_path / "nope-{000000..000003}.tar"), "data.train_shards")
 
 
