@@ -66,11 +66,10 @@ class ShapesDataModule(WebDatasetDataModule):
         self.gen = {"seed": dataset_seed, "num_train": num_train, "num_val": num_val, "image_size": image_size}
         self.samples_per_shard = samples_per_shard
         directory = shapes_dir(self.root, **self.gen)
-        n_shards = lambda n: -(-n // samples_per_shard)  # noqa: E731
         kwargs.setdefault("num_classes", len(shapes.CLASSES))
         super().__init__(
-            train_shards=shard_pattern(directory, "train", n_shards(num_train)),
-            val_shards=shard_pattern(directory, "val", n_shards(num_val)),
+            train_shards=shard_pattern(directory, "train", -(-num_train // samples_per_shard)),
+            val_shards=shard_pattern(directory, "val", -(-num_val // samples_per_shard)),
             image_size=image_size,
             **kwargs,
         )

@@ -63,16 +63,14 @@ def _suggest(word: str, options: list[str] | tuple[str, ...]) -> str:
 
 
 def split_args(args: list[str]) -> tuple[list[str], list[str]]:
-    """Separate Hydra flags (with their values) from overrides."""
+    """Separate Hydra flags (with their values) from overrides; overrides never start with '-'."""
     flags, overrides = [], []
     it = iter(args)
     for arg in it:
-        if arg.startswith("-") and not arg.startswith(("--cfg=", "-c=")) and "=" not in arg.split(" ")[0].lstrip("-+~"):
+        if arg.startswith("-"):
             flags.append(arg)
             if arg in _FLAGS_WITH_VALUE:
                 flags.append(next(it, ""))
-        elif arg.startswith("-"):
-            flags.append(arg)
         else:
             overrides.append(arg)
     return flags, overrides

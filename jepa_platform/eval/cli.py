@@ -44,8 +44,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _resolve_run(run: str, runs_dir: Path) -> Path:
     if run == "last":
-        ckpt = find_checkpoint("last", runs_dir, runs_dir / "__none__")
-        return ckpt.parent.parent
+        try:
+            return find_checkpoint("last", runs_dir, runs_dir / "__none__").parent.parent
+        except CheckpointError as exc:
+            raise ConfigError(f"no run with checkpoints under {runs_dir}: train one first (jepa train), or give runs/<run>") from exc
     path = Path(run).expanduser()
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"{run} is not a run directory (no config.yaml): give runs/<run> as written by jepa train")

@@ -66,3 +66,9 @@ def test_user_errors_exit_2(args: list[str], capsys):
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
+
+
+def test_eval_without_runs_is_a_one_line_error(tmp_path: Path, capsys):
+    assert cli.main(["eval", "last", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no run with checkpoints under") and "\n" not in err
