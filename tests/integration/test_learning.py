@@ -14,15 +14,7 @@ from jepa_platform.train import run_train
 
 @pytest.mark.slow
 def test_vicreg_beats_random_init(make_cfg, tmp_path: Path):
-    cfg = make_cfg(
-        "experiment=demo",
-        "data.num_train=10000",
-        "data.num_val=2000",
-        "trainer.max_epochs=6",
-        "logger=none",
-        debug=False,
-        run_name="learn",
-    )
+    cfg = make_cfg("experiment=demo", "logger=none", debug=False, run_name="learn")
     run_train(cfg)
     run_dir = Path(cfg.paths.output_dir)
     assert eval_cli.main([str(run_dir), "--no-mlflow"]) == 0
