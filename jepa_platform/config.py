@@ -29,6 +29,8 @@ from jepa_platform.errors import ConfigError
 # Hydra flags that take a value, so that the value is not mistaken for an override.
 _FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--experimental-rerun"}
 _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version"}
+# With another config source the pre-flight check (which reads conf/) would judge the wrong configs: Hydra checks those.
+_OTHER_CONFIG_FLAGS = {"--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--experimental-rerun"}
 
 
 def config_dir() -> Path:
@@ -190,7 +192,7 @@ def compose_config(overrides: list[str], config_name: str = "train", conf: Path 
 def validate(args: list[str], config_name: str = "train") -> None:
     """Compose (every sweep combination of) the config and resolve it; raise a one-line ConfigError if it fails."""
     flags, overrides = split_args(args)
-    if any(f in _INFO_FLAGS for f in flags):
+    if any(f in _INFO_FLAGS or f in _OTHER_CONFIG_FLAGS for f in flags):
         return
     conf = config_dir()
     try:
