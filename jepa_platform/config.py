@@ -26,11 +26,11 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from jepa_platform.errors import ConfigError
 
-# Hydra flags that take a value, so that the value is not mistaken for an override.
-_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--experimental-rerun"}
 _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version"}
 # With another config source the pre-flight check (which reads conf/) would judge the wrong configs: Hydra checks those.
 _OTHER_CONFIG_FLAGS = {"--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--experimental-rerun"}
+# Hydra flags that take a value, so that the value is not mistaken for an override.
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", *_OTHER_CONFIG_FLAGS}
 
 
 def config_dir() -> Path:

@@ -15,7 +15,7 @@ SHOWN = ("train/loss", "train/energy", "emb/rank", "val/probe_acc", "val/knn_acc
 
 
 def views_batch_size(batch: dict) -> int:
-    """Samples in a multi-view or evaluation batch (for ``ThroughputMonitor(batch_size_fn=...)``)."""
+    """Samples in a multi-view or evaluation batch (also fits ``ThroughputMonitor(batch_size_fn=...)``)."""
     return int(batch["views"][0].shape[0] if "views" in batch else batch["image"].shape[0])
 
 

@@ -13,12 +13,11 @@ import logging
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from jepa_platform.errors import CheckpointError, ConfigError
 from jepa_platform.eval.probe import extract_features, knn_accuracy, linear_probe_accuracy
-from jepa_platform.train import RUN_INFO, find_checkpoint, load_checkpoint
+from jepa_platform.train import RUN_INFO, build, find_checkpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ def evaluate(encoder: torch.nn.Module, datamodule, num_classes: int, args: argpa
 
 
 def _trained_encoder(cfg, ckpt: Path) -> torch.nn.Module:
-    encoder = instantiate(cfg.objective.encoder, _convert_="all")
+    encoder = build(cfg.objective.encoder, "objective.encoder")
     state = load_checkpoint(ckpt).get("state_dict", {})
     weights = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
     if not weights:
@@ -83,7 +82,7 @@ def main(argv: list[str]) -> int:
     num_classes = cfg.data.get("num_classes")
     if not num_classes:
         raise ConfigError(f"{run_dir}/config.yaml has no data.num_classes: evaluation needs labelled data")
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = build(cfg.data, "data")
     datamodule.prepare_data()
     datamodule.setup("validate")
 
@@ -94,7 +93,7 @@ def main(argv: list[str]) -> int:
         results.update({f"eval/{k}": v for k, v in evaluate(_trained_encoder(cfg, ckpt), datamodule, num_classes, args).items()})
     if args.random_init != "skip":
         torch.manual_seed(cfg.seed)
-        encoder = instantiate(cfg.objective.encoder, _convert_="all")
+        encoder = build(cfg.objective.encoder, "objective.encoder")
         results.update({f"eval/random_init/{k}": v for k, v in evaluate(encoder, datamodule, num_classes, args).items()})
 
     _report(results, run_dir)
