@@ -1,4 +1,4 @@
-"""The ``jepa`` command: ``jepa train ...`` (Hydra app over conf/) and ``jepa eval ...``.
+"""The ``jepa`` command: ``jepa train ...`` (Hydra app over conf/), ``jepa eval ...`` and ``jepa list``.
 
 User errors (bad config, data, checkpoint or path) print one line starting with ``error:`` and exit with 2.
 """
@@ -17,6 +17,7 @@ commands:
           (jepa train --help lists config groups and options; --cfg job prints the composed config)
   eval    linear-probe and kNN accuracy of a run's encoder, and of the same encoder randomly initialised:
           jepa eval runs/<run> [--random-init] (jepa eval --help for options)
+  list    registered objectives and encoders, plugins included, with one-line descriptions
 """
 
 
@@ -35,7 +36,13 @@ def _eval(args: list[str]) -> int:
     return main(args)
 
 
-COMMANDS = {"train": _train, "eval": _eval}
+def _list(args: list[str]) -> int:
+    from jepa_platform.listing import main
+
+    return main(args)
+
+
+COMMANDS = {"train": _train, "eval": _eval, "list": _list}
 
 
 def main(argv: list[str] | None = None) -> int:

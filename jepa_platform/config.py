@@ -42,9 +42,34 @@ def config_dir() -> Path:
 
 
 def group_options(group: str, conf: Path | None = None) -> list[str]:
-    """Options of a config group: the YAML files in ``conf/<group>/``."""
+    """Options of a config group: the YAML files in ``conf/<group>/``, plus registered objectives or encoders."""
     directory = (conf or config_dir()) / group
-    return sorted(p.stem for p in directory.glob("*.yaml"))
+    return sorted({p.stem for p in directory.glob("*.yaml")} | set(_registered(group)))
+
+
+def _registered(group: str) -> list[str]:
+    from jepa_platform.registry import ENCODERS, OBJECTIVES
+
+    return {"objective": OBJECTIVES, "encoder": ENCODERS}[group].names() if group in ("objective", "encoder") else []
+
+
+def store_registered_configs(conf: Path | None = None) -> None:
+    """Make each registered objective and encoder that has no YAML file in ``conf/`` a group option.
+
+    Its config is generated from the constructor (:func:`jepa_platform.registry.default_config`) and put in Hydra's
+    ConfigStore, so a plugin works with ``jepa train objective=<name>`` and ``objective.<arg>=...`` out of the box.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    from jepa_platform.registry import ENCODERS, OBJECTIVES, default_config
+
+    conf = conf or config_dir()
+    store = ConfigStore.instance()
+    for group, registry in (("objective", OBJECTIVES), ("encoder", ENCODERS)):
+        files = {p.stem for p in (conf / group).glob("*.yaml")}
+        for entry in registry:
+            if entry.name not in files:
+                store.store(group=group, name=entry.name, node=default_config(entry.cls, wire=group == "objective"))
 
 
 def config_groups(conf: Path | None = None) -> list[str]:
@@ -178,6 +203,7 @@ def explain(exc: BaseException, overrides: list[str], config_name: str = "train"
 def compose_config(overrides: list[str], config_name: str = "train", conf: Path | None = None, output_dir: str = ".") -> DictConfig:
     """Compose a config as ``jepa train`` would, with the Hydra runtime set, for checks, tests and notebooks."""
     conf = conf or config_dir()
+    store_registered_configs(conf)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)

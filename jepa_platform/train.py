@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from jepa_platform.config import config_dir, flatten, job_config
+from jepa_platform.config import config_dir, flatten, job_config, store_registered_configs
 from jepa_platform.errors import CheckpointError, ConfigError, JepaError
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,8 @@ def _print_summary(metrics: dict[str, float], output_dir: Path, logger: Any) -> 
 
 def main(args: list[str]) -> int:
     """Entry of ``jepa train``: hand the arguments to the Hydra app."""
+
+    store_registered_configs()
 
     @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
     def _app(cfg: DictConfig) -> None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +17,28 @@ from data_modules.builtin import ensure_shapes_dataset
 from jepa_platform.config import compose_config
 
 TINY = {"num_train": 512, "num_val": 256, "samples_per_shard": 128}
+EXAMPLE_PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "jepa-plugin-example"
+PLUGIN_DIR = pytest.StashKey[Path]()
+
+
+def install_example_plugin(target: Path) -> None:
+    """pip-install the example plugin package into ``target`` (not into the venv), as a user would install theirs."""
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(EXAMPLE_PLUGIN)]
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Install the example plugin before collection, so that tests parametrised over the registries include it."""
+    target = Path(tempfile.mkdtemp(prefix="jepa-example-plugin-"))
+    install_example_plugin(target)
+    sys.path.insert(0, str(target))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH")) if p)  # subprocesses
+    importlib.invalidate_caches()
+    config.stash[PLUGIN_DIR] = target
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(config.stash.get(PLUGIN_DIR, ""), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

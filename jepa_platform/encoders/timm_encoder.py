@@ -13,6 +13,7 @@ import timm
 from torch import Tensor, nn
 
 from jepa_platform.errors import ConfigError
+from jepa_platform.registry import register_encoder
 
 
 def _small_image_stem(model: nn.Module, name: str) -> None:
@@ -31,9 +32,12 @@ def _small_image_stem(model: nn.Module, name: str) -> None:
     model.maxpool = nn.Identity()
 
 
+@register_encoder("timm")
 class TimmEncoder(nn.Module):
-    """A timm backbone without classifier: ``forward`` gives pooled features ``(B, D)``, ``forward_tokens`` the
-    token or spatial features ``(B, N, D)`` (for masking and hierarchical objectives)."""
+    """Any timm model by name, without classifier (encoder=timm encoder.name=<model>, or a preset in conf/encoder).
+
+    ``forward`` gives pooled features ``(B, D)``, ``forward_tokens`` the token or spatial features ``(B, N, D)``
+    (for masking and hierarchical objectives)."""
 
     def __init__(
         self,

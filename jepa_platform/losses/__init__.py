@@ -1,5 +1,27 @@
 """Pure loss terms (`functional`) shared by every objective."""
 
-from jepa_platform.losses.functional import LossOutput, covariance, invariance, variance, vicreg
+from jepa_platform.losses.functional import (
+    LossOutput,
+    barlow_twins,
+    covariance,
+    info_nce,
+    invariance,
+    multiview_invariance,
+    random_directions,
+    sigreg,
+    variance,
+    vicreg,
+)
 
-__all__ = ["LossOutput", "covariance", "invariance", "variance", "vicreg"]
+__all__ = [
+    "LossOutput",
+    "barlow_twins",
+    "covariance",
+    "info_nce",
+    "invariance",
+    "multiview_invariance",
+    "random_directions",
+    "sigreg",
+    "variance",
+    "vicreg",
+]

@@ -72,3 +72,97 @@ def vicreg(
     }
     total = sim_weight * terms["invariance"] + var_weight * terms["variance"] + cov_weight * terms["covariance"]
     return LossOutput(total, terms)
+
+
+def info_nce(z1: Tensor, z2: Tensor, temperature: float = 0.1, anchors: slice | None = None) -> Tensor:
+    """SimCLR's NT-Xent (Chen et al. 2020) over the 2N embeddings of N positive pairs.
+
+    Each embedding is an anchor whose positive is its other view; the other 2N-2 embeddings are negatives.
+    Cosine similarities divided by ``temperature``; the loss is the mean cross-entropy over anchors.
+
+    ``anchors`` restricts the anchors to the pairs ``z[anchors]`` while every embedding stays a candidate. Under DDP
+    an objective passes the gathered batch and its own rank's slice: each rank computes 2n rows of logits instead
+    of 2N, and the mean over ranks (DDP's gradient average) is the loss over all 2N anchors.
+    """
+    _check_pair(z1, z2)
+    n = z1.shape[-2]
+    rows = range(n)[anchors] if anchors is not None else range(n)
+    if len(rows) == 0 or rows.step != 1:
+        raise ValueError(f"anchors must be a non-empty contiguous slice of the {n} pairs, got {anchors}")
+    idx = torch.arange(rows.start, rows.stop, device=z1.device)
+    keys = F.normalize(torch.cat([z1, z2], dim=-2), dim=-1)  # (..., 2N, D)
+    queries = torch.cat([keys[..., idx, :], keys[..., idx + n, :]], dim=-2)  # (..., 2n, D)
+    logits = queries @ keys.transpose(-1, -2) / temperature  # (..., 2n, 2N)
+    self_idx = torch.cat([idx, idx + n])
+    positive_idx = torch.cat([idx + n, idx])
+    is_self = torch.zeros(logits.shape[-2:], dtype=torch.bool, device=z1.device)
+    is_self[torch.arange(len(self_idx), device=z1.device), self_idx] = True
+    logits = logits.masked_fill(is_self, float("-inf"))
+    target = positive_idx.expand(*logits.shape[:-1])
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+
+def standardise(z: Tensor, eps: float = 1e-5) -> Tensor:
+    """Zero mean, unit (biased) variance per dimension over the batch: BatchNorm1d without affine, in training mode."""
+    return (z - z.mean(dim=-2, keepdim=True)) / torch.sqrt(z.var(dim=-2, unbiased=False, keepdim=True) + eps)
+
+
+def barlow_twins(z1: Tensor, z2: Tensor, lambda_offdiag: float = 0.0051) -> LossOutput:
+    """Barlow Twins (Zbontar et al. 2021), as the official code: cross-correlation of the standardised embeddings
+    driven to the identity.
+
+    c = z1n^T z2n / N; terms ``invariance`` = sum((1 - c_ii)^2) and ``redundancy`` = sum over i != j of c_ij^2;
+    total = invariance + lambda_offdiag * redundancy. Averaged over leading dimensions, if any.
+    """
+    _check_pair(z1, z2)
+    n = z1.shape[-2]
+    c = standardise(z1).transpose(-1, -2) @ standardise(z2) / n  # (..., D, D)
+    diag = torch.diagonal(c, dim1=-2, dim2=-1)
+    terms = {
+        "invariance": (1 - diag).pow(2).sum(dim=-1).mean(),
+        "redundancy": (c.pow(2).sum(dim=(-2, -1)) - diag.pow(2).sum(dim=-1)).mean(),
+    }
+    return LossOutput(terms["invariance"] + lambda_offdiag * terms["redundancy"], terms)
+
+
+def sigreg(z: Tensor, directions: Tensor, t_max: float = 3.0, knots: int = 17) -> Tensor:
+    """SIGReg (LeJEPA, Balestriero & LeCun 2025): distance of the embeddings from an isotropic Gaussian, sketched
+    along random 1-D projections with the Epps-Pulley statistic.
+
+    For each direction a (a column of ``directions``, shape ``(D, M)``, unit norm), the projections x = z a of the N
+    samples give an empirical characteristic function phi_N(t) = mean_n exp(i t x_n); the statistic is
+    N * integral over [-t_max, t_max] of |phi_N(t) - exp(-t^2/2)|^2 exp(-t^2/2) dt, integrated with the trapezoidal
+    rule on ``knots`` points of [0, t_max] (the integrand is even). Returns the mean over directions (and leading
+    dimensions). Directions are an argument so that the function is deterministic and every rank can use the same.
+    """
+    if z.dim() < 2 or z.shape[-2] < 2:
+        raise ValueError(f"embeddings must be (..., N, D) with N >= 2, got {tuple(z.shape)}")
+    if directions.dim() != 2 or directions.shape[0] != z.shape[-1]:
+        raise ValueError(f"directions must be (D, M) with D={z.shape[-1]}, got {tuple(directions.shape)}")
+    if knots < 2 or t_max <= 0:
+        raise ValueError(f"need knots >= 2 and t_max > 0, got knots={knots}, t_max={t_max}")
+    n = z.shape[-2]
+    t = torch.linspace(0.0, t_max, knots, device=z.device, dtype=z.dtype)
+    gauss = torch.exp(-0.5 * t * t)
+    xt = (z @ directions.to(z.dtype)).unsqueeze(-1) * t  # (..., N, M, T)
+    real, imag = xt.cos().mean(dim=-3), xt.sin().mean(dim=-3)  # (..., M, T)
+    err = ((real - gauss).pow(2) + imag.pow(2)) * gauss
+    statistic = 2 * n * torch.trapezoid(err, t, dim=-1)  # (..., M)
+    return statistic.mean()
+
+
+def random_directions(dim: int, num: int, generator: torch.Generator, device: torch.device | None = None) -> Tensor:
+    """``num`` unit vectors uniform on the sphere in R^dim, as the columns of a ``(dim, num)`` matrix."""
+    a = torch.randn(dim, num, generator=generator, device=device)
+    return a / a.norm(dim=0, keepdim=True)
+
+
+def multiview_invariance(embeddings: Tensor, num_global: int | None = None) -> Tensor:
+    """LeJEPA's invariance: mean squared distance of every view's embedding to the mean of the global views.
+
+    ``embeddings`` is ``(V, N, D)``; the first ``num_global`` views are global (default: all).
+    """
+    if embeddings.dim() != 3 or embeddings.shape[0] < 2:
+        raise ValueError(f"embeddings must be (V, N, D) with V >= 2 views, got {tuple(embeddings.shape)}")
+    centre = embeddings[: num_global or embeddings.shape[0]].mean(dim=0)
+    return (embeddings - centre).pow(2).mean()

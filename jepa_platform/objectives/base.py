@@ -5,6 +5,11 @@ this base class runs the encoder and projector over the views, logs the loss ter
 the names every objective shares, trains an online linear probe on detached features, measures kNN accuracy,
 and builds the optimiser and its warmup + cosine schedule.
 
+Distributed training: ``compute_loss`` sees this rank's embeddings. A term that needs the global batch gathers
+them with :meth:`gather` (an all-gather that keeps gradients; see :mod:`jepa_platform.distributed`) and computes
+the same value on every rank; a term that is a mean over samples may stay local. DDP's gradient average then
+makes one step on W ranks equal one step on the concatenated batch (tested for every registered objective).
+
 Batches: training ``{"views": [Tensor(B, C, H, W)] * V, "label": Tensor(B)}`` (label optional); validation
 ``{"image": Tensor(B, C, H, W), "label": Tensor(B)}`` from loader 0 (queries) and loader 1 (the kNN bank).
 """
@@ -12,6 +17,7 @@ Batches: training ``{"views": [Tensor(B, C, H, W)] * V, "label": Tensor(B)}`` (l
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import lightning as L
 import torch.nn.functional as F
@@ -19,13 +25,24 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.classification import MulticlassAccuracy
 
+from jepa_platform.distributed import gather_with_grad
 from jepa_platform.encoders.heads import projector as make_projector
+from jepa_platform.errors import ConfigError
 from jepa_platform.losses.functional import LossOutput
 from jepa_platform.metrics.embedding import EmbeddingStats, embedding_stats
 from jepa_platform.metrics.knn import KNNAccuracy
 from jepa_platform.optim import OptimizerFactory, param_groups, warmup_cosine
 
 VAL_LOADER, BANK_LOADER = 0, 1
+
+
+@dataclass
+class StepOutput:
+    """One training step's loss with the encoder features and projected embeddings of each view."""
+
+    loss: LossOutput
+    representations: list[Tensor]
+    embeddings: list[Tensor]
 
 
 class JointEmbeddingObjective(L.LightningModule):
@@ -35,6 +52,7 @@ class JointEmbeddingObjective(L.LightningModule):
         encoder: backbone with a ``num_features`` attribute, mapping images to ``(B, D)`` features.
         optimizer: partial optimiser, called with parameter groups (e.g. ``timm.optim.Lars`` or ``AdamW``).
         projector_dims: widths of the projector MLP; empty for none.
+        projector_norm: normalisation of the projector's hidden layers: ``batch``, ``layer`` or ``none``.
         num_classes: classes of the labelled data, for the online probe and kNN; ``None`` disables both.
         weight_decay: decay of weight matrices (biases and norm parameters get none).
         warmup_frac: fraction of all optimiser steps spent in linear warmup.
@@ -46,13 +64,17 @@ class JointEmbeddingObjective(L.LightningModule):
         dead_threshold: standard deviation under which a dimension counts as dead.
     """
 
+    #: the loss term logged as ``train/energy`` (override :meth:`energy` for anything else)
     energy_term: str = ""
+    #: views per training sample that the objective accepts (``None``: any number >= 2)
+    num_views: int | None = 2
 
     def __init__(
         self,
         encoder: nn.Module,
         optimizer: OptimizerFactory,
         projector_dims: Sequence[int] = (2048, 2048, 2048),
+        projector_norm: str = "batch",
         num_classes: int | None = None,
         weight_decay: float = 1e-6,
         warmup_frac: float = 0.1,
@@ -68,7 +90,7 @@ class JointEmbeddingObjective(L.LightningModule):
         self.encoder = encoder
         self.optimizer_factory = optimizer
         feat_dim = int(encoder.num_features)
-        self.projector = make_projector(feat_dim, list(projector_dims))
+        self.projector = make_projector(feat_dim, list(projector_dims), projector_norm)
         self.embed_dim = int(projector_dims[-1]) if projector_dims else feat_dim
         self.num_classes = num_classes
         self.probe = nn.Linear(feat_dim, num_classes) if num_classes else None
@@ -82,30 +104,53 @@ class JointEmbeddingObjective(L.LightningModule):
         """Loss of one batch from the projected embeddings (and encoder features) of each view."""
         raise NotImplementedError
 
+    def energy(self, loss: LossOutput, embeddings: list[Tensor]) -> Tensor | None:
+        """``train/energy``: the prediction error on observed pairs; by default the term named ``energy_term``."""
+        return loss.terms[self.energy_term] if self.energy_term else None
+
+    def loss_space(self, z: Tensor) -> Tensor:
+        """The embeddings as the loss sees them, for the ``emb/*`` statistics (e.g. normalised or standardised)."""
+        return z
+
+    def gather(self, x: Tensor) -> Tensor:
+        """``x`` from every rank, concatenated along dim 0, with gradients (the identity on one process)."""
+        return gather_with_grad(x)
+
     # -- training -----------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         """Encoder features ``(B, D)``: the representation that evaluation uses."""
         return self.encoder(x)
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        views: list[Tensor] = batch["views"]
+    def shared_step(self, views: Sequence[Tensor]) -> StepOutput:
+        """Encoder, projector and loss for a list of views (no logging, no probe)."""
+        if self.num_views is not None and len(views) != self.num_views:
+            raise ConfigError(f"{type(self).__name__} takes {self.num_views} views per sample, got {len(views)}: set data.num_views={self.num_views}")
+        if len(views) < 2:
+            raise ConfigError(f"{type(self).__name__} needs at least 2 views per sample, got {len(views)}: set data.num_views=2 or more")
         reps = [self.encoder(v) for v in views]
         embs = [self.projector(r) for r in reps]
-        out = self.compute_loss(embs, reps)
+        return StepOutput(self.compute_loss(embs, reps), reps, embs)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        views: list[Tensor] = batch["views"]
+        step = self.shared_step(views)
+        out, reps, embs = step.loss, step.representations, step.embeddings
         bs = views[0].shape[0]
-        self.log("train/loss", out.total, prog_bar=True, batch_size=bs)
+        # Gathered terms are equal on every rank; local ones (InfoNCE anchors, invariance) are averaged here.
+        self.log("train/loss", out.total, prog_bar=True, batch_size=bs, sync_dist=True)
         for name, value in out.terms.items():
-            self.log(f"train/loss/{name}", value, batch_size=bs)
-        if self.energy_term:
-            self.log("train/energy", out.terms[self.energy_term], batch_size=bs)
+            self.log(f"train/loss/{name}", value, batch_size=bs, sync_dist=True)
+        energy = self.energy(out, embs)
+        if energy is not None:
+            self.log("train/energy", energy, batch_size=bs, sync_dist=True)
         total = out.total
         if self.probe is not None and "label" in batch:
             probe_loss = F.cross_entropy(self.probe(reps[0].detach()), batch["label"])
             self.log("train/probe_loss", probe_loss, batch_size=bs)
             total = total + probe_loss
-        every = self.hparams.stats_every_n_steps or self.trainer.log_every_n_steps
+        every = self.hparams.stats_every_n_steps or (self._trainer.log_every_n_steps if self._trainer is not None else 0)
         if every and self.global_step % every == 0:
-            for where, z in (("repr", reps[0]), ("emb", embs[0])):
+            for where, z in (("repr", reps[0]), ("emb", self.loss_space(embs[0].detach()))):
                 for name, value in embedding_stats(z, self.hparams.dead_threshold).items():
                     self.log(f"{where}/{name}", value, batch_size=bs)
         return total
@@ -137,7 +182,9 @@ class JointEmbeddingObjective(L.LightningModule):
 
     # -- optimisation -------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict:
-        groups = param_groups(nn.ModuleList([self.encoder, self.projector]), self.hparams.weight_decay)
+        # Every trainable module (encoder, projector, a subclass's predictor...) except the probe, which gets its own group.
+        trained = nn.ModuleList([m for name, m in self.named_children() if name != "probe"])
+        groups = param_groups(trained, self.hparams.weight_decay)
         if self.probe is not None:
             probe_group: dict = {"params": list(self.probe.parameters()), "weight_decay": 0.0}
             if self.hparams.probe_lr is not None:

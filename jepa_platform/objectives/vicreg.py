@@ -9,12 +9,15 @@ from torch import Tensor, nn
 from jepa_platform.losses.functional import LossOutput, vicreg
 from jepa_platform.objectives.base import JointEmbeddingObjective
 from jepa_platform.optim import OptimizerFactory
+from jepa_platform.registry import register_objective
 
 
+@register_objective("vicreg")
 class VICReg(JointEmbeddingObjective):
-    """Two views through a shared encoder and expander; invariance between them, variance and covariance of each.
+    """VICReg: invariance between two views, variance kept above a floor and covariance driven to zero per branch.
 
-    ``train/energy`` is the invariance term: the mean squared distance between the two views' embeddings.
+    ``train/energy`` is the invariance term: the mean squared distance between the two views' embeddings. The three
+    terms see the global batch (variance and covariance need it, as in the official code).
     """
 
     energy_term = "invariance"
@@ -33,6 +36,5 @@ class VICReg(JointEmbeddingObjective):
         self.weights = {"sim_weight": sim_weight, "var_weight": var_weight, "cov_weight": cov_weight}
 
     def compute_loss(self, embeddings: list[Tensor], representations: list[Tensor]) -> LossOutput:
-        if len(embeddings) != 2:
-            raise ValueError(f"VICReg takes exactly 2 views, got {len(embeddings)}: set data.num_views=2")
-        return vicreg(embeddings[0], embeddings[1], **self.weights)
+        z1, z2 = embeddings
+        return vicreg(self.gather(z1), self.gather(z2), **self.weights)

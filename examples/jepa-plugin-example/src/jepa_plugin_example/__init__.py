@@ -1,0 +1,1 @@
+"""Example jepa-platform plugin: SimSiam (an objective) and SmallConvNet (an encoder), registered by entry points."""

@@ -1,0 +1,43 @@
+"""``jepa list``: the registered objectives and encoders (built-in and plugins), with one-line descriptions."""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from jepa_platform.config import config_dir
+from jepa_platform.registry import BUILTIN, ENCODERS, OBJECTIVES, Registry
+
+
+def _section(title: str, registry: Registry) -> list[str]:
+    entries = list(registry)
+    width = max((len(e.name) for e in entries), default=0) + 2
+    lines = [title]
+    for e in entries:
+        origin = "" if e.source == BUILTIN else f"  [{e.source}]"
+        lines.append(f"  {e.name:<{width}}{e.description}{origin}")
+    return lines
+
+
+def _encoder_presets() -> list[str]:
+    presets = []
+    for path in sorted((config_dir() / "encoder").glob("*.yaml")):
+        node = OmegaConf.load(path)
+        model = node.get("name") if node.get("_target_", "").endswith("TimmEncoder") else node.get("_target_")
+        presets.append(f"{path.stem} ({model})")
+    return presets
+
+
+def render() -> str:
+    lines = _section("objectives (jepa train objective=NAME):", OBJECTIVES)
+    lines += ["", *_section("encoders (jepa train encoder=NAME):", ENCODERS)]
+    lines += ["  presets in conf/encoder: " + ", ".join(_encoder_presets())]
+    lines += ["", "A name without a YAML file in conf/ gets a config generated from its constructor's defaults."]
+    return "\n".join(lines)
+
+
+def main(args: list[str]) -> int:
+    if args:
+        print("usage: jepa list   (prints registered objectives and encoders; takes no arguments)")
+        return 0 if args[0] in ("-h", "--help") else 2
+    print(render())
+    return 0

@@ -1,0 +1,178 @@
+"""Name -> class registries of objectives and encoders, with plugin discovery through entry points.
+
+Built-ins register with a decorator (``@register_objective("vicreg")``). Third-party packages declare entry points
+in the groups ``jepa_platform.objectives`` and ``jepa_platform.encoders`` (``name = "package.module:Class"``); they
+are loaded lazily, the first time a registry is listed or queried. A plugin that fails to import, or whose entry
+point is not a suitable class, is skipped with a warning so that the rest still work; a name registered twice by
+different classes raises :class:`RegistryError`.
+
+Configs point ``_target_`` at classes; the registry serves ``jepa list``, notebooks, contract tests, and the
+generated config of a registered class that has no YAML file in ``conf/`` (:func:`default_config`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, TypeVar
+
+from jepa_platform.errors import ConfigError
+
+T = TypeVar("T", bound=type)
+BUILTIN = "jepa-platform"
+
+
+class RegistryError(ConfigError):
+    """A name registered twice, or an unknown name."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    cls: type
+    source: str  # "jepa-platform" for built-ins, else "plugin: <distribution>"
+
+    @property
+    def target(self) -> str:
+        """The dotted path that a config's ``_target_`` uses."""
+        return f"{self.cls.__module__}.{self.cls.__qualname__}"
+
+    @property
+    def description(self) -> str:
+        """First paragraph of the class docstring, on one line."""
+        doc = (inspect.getdoc(self.cls) or "").strip()
+        return " ".join(doc.split("\n\n")[0].split())
+
+
+class Registry:
+    """Registered classes of one kind; ``builtins`` is the module whose import registers the built-ins."""
+
+    def __init__(self, kind: str, group: str, builtins: str, base: str) -> None:
+        self.kind, self.group, self.builtins, self.base = kind, group, builtins, base
+        self._entries: dict[str, Entry] = {}
+        self._discovered = False
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Class decorator that registers a built-in under ``name``."""
+
+        def decorate(cls: T) -> T:
+            self.add(name, cls, BUILTIN)
+            return cls
+
+        return decorate
+
+    def add(self, name: str, cls: type, source: str) -> None:
+        existing = self._entries.get(name)
+        if existing is not None and existing.cls is not cls:
+            raise RegistryError(
+                f"{self.kind} '{name}' is registered twice: by {existing.target} ({existing.source}) and by "
+                f"{cls.__module__}.{cls.__qualname__} ({source}): rename one of them"
+            )
+        self._entries[name] = Entry(name, cls, source)
+
+    def discover(self) -> None:
+        """Import the built-ins and load every installed plugin's entry points, once."""
+        if self._discovered:
+            return
+        self._discovered = True
+        importlib.import_module(self.builtins)
+        base = _import_object(self.base)
+        for ep in entry_points(group=self.group):
+            dist = ep.dist.name if ep.dist is not None else "unknown distribution"
+            source = f"plugin: {dist}"
+            try:
+                cls = ep.load()
+            except Exception as exc:
+                warnings.warn(f"skipping {self.kind} plugin '{ep.name}' from {dist}: cannot load {ep.value}: {exc}", stacklevel=2)
+                continue
+            if not (inspect.isclass(cls) and issubclass(cls, base)):
+                warnings.warn(f"skipping {self.kind} plugin '{ep.name}' from {dist}: {ep.value} is not a subclass of {self.base}", stacklevel=2)
+                continue
+            self.add(ep.name, cls, source)
+
+    def reset(self) -> None:
+        """Forget plugins and discover again on next use (for tests that install a plugin)."""
+        self._entries = {k: v for k, v in self._entries.items() if v.source == BUILTIN}
+        self._discovered = False
+
+    def get(self, name: str) -> Entry:
+        self.discover()
+        if name not in self._entries:
+            raise RegistryError(f"unknown {self.kind} '{name}': choose one of {', '.join(self.names())} (jepa list)")
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        self.discover()
+        return sorted(self._entries)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._entries[n] for n in self.names())
+
+    def __contains__(self, name: object) -> bool:
+        self.discover()
+        return name in self._entries
+
+
+def _import_object(path: str) -> Any:
+    module, _, attr = path.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+OBJECTIVES = Registry("objective", "jepa_platform.objectives", "jepa_platform.objectives", "lightning.pytorch.LightningModule")
+ENCODERS = Registry("encoder", "jepa_platform.encoders", "jepa_platform.encoders", "torch.nn.Module")
+register_objective = OBJECTIVES.register
+register_encoder = ENCODERS.register
+
+# Constructor arguments that a generated objective config wires to the rest of the config.
+_WIRED = {"encoder": "${encoder}", "optimizer": "${optimizer}", "num_classes": "${data.num_classes}"}
+
+
+def _init_parameters(cls: type) -> list[inspect.Parameter]:
+    """Constructor parameters, following ``**kwargs`` up to the base classes that receive them."""
+    params: list[inspect.Parameter] = []
+    seen: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        forwards = False
+        for p in list(inspect.signature(init).parameters.values())[1:]:
+            if p.kind is p.VAR_KEYWORD:
+                forwards = True
+            elif p.kind is not p.VAR_POSITIONAL and p.name not in seen:
+                seen.add(p.name)
+                params.append(p)
+        if not forwards:
+            break
+    return params
+
+
+def _yaml_value(value: Any) -> tuple[bool, Any]:
+    if value is None or isinstance(value, bool | int | float | str):
+        return True, value
+    if isinstance(value, list | tuple) and all(v is None or isinstance(v, bool | int | float | str) for v in value):
+        return True, list(value)
+    return False, None
+
+
+def default_config(cls: type, wire: bool = True) -> dict[str, Any]:
+    """A Hydra node for ``cls`` from its constructor: defaults as values, required arguments as ``???``.
+
+    With ``wire``, ``encoder``, ``optimizer`` and ``num_classes`` interpolate the config's encoder, optimizer and
+    dataset, as the YAML files of built-in objectives do. Defaults that YAML cannot hold are left to the constructor.
+    """
+    node: dict[str, Any] = {"_target_": f"{cls.__module__}.{cls.__qualname__}"}
+    for p in _init_parameters(cls):
+        if wire and p.name in _WIRED:
+            node[p.name] = _WIRED[p.name]
+        elif p.default is inspect.Parameter.empty:
+            node[p.name] = "???"
+        else:
+            ok, value = _yaml_value(p.default)
+            if ok:
+                node[p.name] = value
+    return node

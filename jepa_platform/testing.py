@@ -1,0 +1,140 @@
+"""Checks that every objective must pass, importable by plugin authors' own tests.
+
+:func:`ddp_gradient_check` runs one training step of each named objective under DistributedDataParallel on
+``world_size`` CPU processes (gloo, loopback) and compares the gradients with one process stepping on the
+concatenated batch. The encoder is timm's ``test_convnext`` and the projector uses LayerNorm: BatchNorm's per-rank
+statistics differ from the global batch's by design (``trainer.sync_batchnorm`` fixes that on GPU), whereas this
+check is about the loss terms' gathering. It runs in float64 so that the comparison measures the method, not
+float32 rounding (Barlow Twins' gradients reach 1e3 on a 16-sample batch, where float32 agrees to ~1e-6 relative).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from jepa_platform.objectives.barlow import BarlowTwins
+
+#: overrides that give every objective a BatchNorm-free encoder and projector, small enough for CPU
+DDP_CHECK_OVERRIDES = ("encoder=tiny", "encoder.name=test_convnext", "trainer=cpu")
+
+
+def example_batch(
+    batch_size: int, num_views: int = 2, image_size: int = 32, num_classes: int = 10, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> dict[str, Any]:
+    """A deterministic training batch in the format of the image DataModules."""
+    g = torch.Generator().manual_seed(seed)
+    views = [torch.randn(batch_size, 3, image_size, image_size, generator=g).to(dtype) for _ in range(num_views)]
+    return {"views": views, "label": torch.randint(0, num_classes, (batch_size,), generator=g)}
+
+
+def build_objective(overrides: tuple[str, ...], seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Instantiate the objective of ``jepa train <overrides>`` (plugins included), shrunk for CPU, with the same
+    weights every call: a 64-64 projector with LayerNorm where the objective has those arguments."""
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    from jepa_platform.config import compose_config
+
+    cfg = compose_config([*DDP_CHECK_OVERRIDES, *overrides])
+    with open_dict(cfg):
+        if "projector_norm" in cfg.objective:
+            cfg.objective.projector_norm = "layer"
+        if "projector_dims" in cfg.objective:
+            cfg.objective.projector_dims = [64, 64]
+    torch.manual_seed(seed)
+    return instantiate(cfg.objective, _convert_="all").to(dtype)
+
+
+class _Step(nn.Module):
+    """Routes DDP's forward to the objective's ``training_step``, as Lightning's DDP wrapper does."""
+
+    def __init__(self, objective: nn.Module) -> None:
+        super().__init__()
+        self.objective = objective
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.objective.training_step(batch, 0)
+
+
+def _gradients(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _slice_batch(batch: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
+    return {"views": [v[start:stop] for v in batch["views"]], "label": batch["label"][start:stop]}
+
+
+def _worker(rank: int, world_size: int, port: int, cases: dict[str, list[str]], per_rank: int, out_dir: str) -> None:
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    batch = example_batch(per_rank * world_size, dtype=torch.float64)
+    references = {}
+    for name, overrides in cases.items():  # single process on the concatenated batch, before any process group exists
+        model = build_objective(tuple(overrides), dtype=torch.float64)
+        model.training_step(batch, 0).backward()
+        references[name] = _gradients(model)
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    results = {}
+    try:
+        local = _slice_batch(batch, rank * per_rank, (rank + 1) * per_rank)
+        for name, overrides in cases.items():
+            ddp = nn.parallel.DistributedDataParallel(_Step(build_objective(tuple(overrides), dtype=torch.float64)))
+            ddp(local).backward()
+            grads = {k.removeprefix("objective."): v for k, v in _gradients(ddp.module).items()}
+            ref = references[name]
+            results[name] = {
+                "max_abs_diff": max(float((grads[k] - ref[k]).abs().max()) for k in ref) if set(grads) == set(ref) else float("inf"),
+                "max_abs_grad": max(float(g.abs().max()) for g in ref.values()),
+                "params_with_grad": len(ref),
+                "same_params": set(grads) == set(ref),
+            }
+    finally:
+        dist.destroy_process_group()
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ddp_gradient_check(cases: list[str] | dict[str, list[str]], world_size: int = 2, per_rank: int = 8) -> dict[str, dict[str, Any]]:
+    """Per case (and rank): the largest gradient difference between one DDP step and one single-process step.
+
+    ``cases`` are objective names, or ``{label: [overrides of jepa train]}``. Returns
+    ``{"<label>@rank<r>": {"max_abs_diff", "max_abs_grad", "params_with_grad", "same_params"}}``.
+    """
+    if not isinstance(cases, dict):
+        cases = {name: [f"objective={name}"] for name in cases}
+    with tempfile.TemporaryDirectory() as out:
+        mp.start_processes(_worker, args=(world_size, _free_port(), cases, per_rank, out), nprocs=world_size, start_method="spawn")
+        results = {}
+        for r in range(world_size):
+            for name, values in json.loads(Path(out, f"rank{r}.json").read_text()).items():
+                results[f"{name}@rank{r}"] = values
+    return results
+
+
+class UngatheredBarlowTwins(BarlowTwins):
+    """Barlow Twins with the cross-correlation computed per rank: the bug that :func:`ddp_gradient_check` catches.
+
+    Standardising and correlating each rank's half-batch gives a different loss than the global batch, so its DDP
+    gradients differ from single-process ones. Used as the negative control of the DDP test; never train with it.
+    """
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        return x
