@@ -13,14 +13,21 @@ from jepa_platform.train import run_train
 pytestmark = pytest.mark.slow
 
 
-# Measured at this budget (120 steps, 2-core CPU): vicreg 4.45 and barlow 1.73 of 32; their decorrelation terms grow
-# with the embedding dimension and need a longer run than a CPU test affords. Tracked in the issue; not yet met.
-_NOT_YET = pytest.mark.xfail(reason="emb/rank below 25% of the dimension at the CPU budget (vicreg 4.45, barlow 1.73 of 32)", strict=False)
+# VICReg's covariance term grows with D relative to the others and the paper's weights are balanced for D = 8192:
+# at D = 32 the same balance is cov_weight = 8192 / 32 = 256 (docs/objectives.md). Barlow Twins keeps emb/rank near 2
+# of 32 at this budget, with lambda 0.0051 or rescaled: an expected failure until that is understood.
+_BARLOW = pytest.mark.xfail(reason="barlow: emb/rank 1.7 of 32 after 120 steps without projector BatchNorm", strict=False)
+CASES = [
+    pytest.param("invariance_only", [], id="invariance_only"),
+    pytest.param("vicreg", ["objective.cov_weight=256"], id="vicreg"),
+    pytest.param("barlow", [], id="barlow", marks=_BARLOW),
+    pytest.param("sigreg", [], id="sigreg"),
+]
 
 
-@pytest.mark.parametrize("name", ["invariance_only", pytest.param("vicreg", marks=_NOT_YET), pytest.param("barlow", marks=_NOT_YET), "sigreg"])
-def test_collapse_experiment(name: str, make_cfg):
-    cfg = make_cfg("experiment=collapse", f"objective={name}", "logger=none", run_name=name, debug=False)
+@pytest.mark.parametrize(("name", "overrides"), CASES)
+def test_collapse_experiment(name: str, overrides: list[str], make_cfg):
+    cfg = make_cfg("experiment=collapse", f"objective={name}", *overrides, "logger=none", run_name=name, debug=False)
     dim = cfg.objective.projector_dims[-1]
     metrics = run_train(cfg)
     rank = metrics["emb/rank"]
