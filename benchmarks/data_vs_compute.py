@@ -48,8 +48,7 @@ def step_rate(encoder: str, batch_size: int, steps: int, projector: list[int]) -
     views = [torch.randn(batch_size, 3, 32, 32) for _ in range(2)]
 
     def step() -> None:
-        embs = [model.projector(model.encoder(v)) for v in views]
-        model.compute_loss(embs, []).total.backward()
+        model.shared_step(views).loss.total.backward()
         opt.step()
         opt.zero_grad()
 

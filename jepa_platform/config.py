@@ -48,9 +48,9 @@ def group_options(group: str, conf: Path | None = None) -> list[str]:
 
 
 def _registered(group: str) -> list[str]:
-    from jepa_platform.registry import ENCODERS, OBJECTIVES
+    from jepa_platform.registry import REGISTRIES
 
-    return {"objective": OBJECTIVES, "encoder": ENCODERS}[group].names() if group in ("objective", "encoder") else []
+    return REGISTRIES[group].names() if group in REGISTRIES else []
 
 
 def store_registered_configs(conf: Path | None = None) -> None:
@@ -61,11 +61,11 @@ def store_registered_configs(conf: Path | None = None) -> None:
     """
     from hydra.core.config_store import ConfigStore
 
-    from jepa_platform.registry import ENCODERS, OBJECTIVES, default_config
+    from jepa_platform.registry import REGISTRIES, default_config
 
     conf = conf or config_dir()
     store = ConfigStore.instance()
-    for group, registry in (("objective", OBJECTIVES), ("encoder", ENCODERS)):
+    for group, registry in REGISTRIES.items():
         files = {p.stem for p in (conf / group).glob("*.yaml")}
         for entry in registry:
             if entry.name not in files:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
+from hydra.utils import get_object
+
 from jepa_platform.errors import ConfigError
 
 T = TypeVar("T", bound=type)
@@ -80,7 +82,7 @@ class Registry:
             return
         self._discovered = True
         importlib.import_module(self.builtins)
-        base = _import_object(self.base)
+        base = get_object(self.base)
         for ep in entry_points(group=self.group):
             dist = ep.dist.name if ep.dist is not None else "unknown distribution"
             source = f"plugin: {dist}"
@@ -93,11 +95,6 @@ class Registry:
                 warnings.warn(f"skipping {self.kind} plugin '{ep.name}' from {dist}: {ep.value} is not a subclass of {self.base}", stacklevel=2)
                 continue
             self.add(ep.name, cls, source)
-
-    def reset(self) -> None:
-        """Forget plugins and discover again on next use (for tests that install a plugin)."""
-        self._entries = {k: v for k, v in self._entries.items() if v.source == BUILTIN}
-        self._discovered = False
 
     def get(self, name: str) -> Entry:
         self.discover()
@@ -112,18 +109,11 @@ class Registry:
     def __iter__(self) -> Iterator[Entry]:
         return iter(self._entries[n] for n in self.names())
 
-    def __contains__(self, name: object) -> bool:
-        self.discover()
-        return name in self._entries
-
-
-def _import_object(path: str) -> Any:
-    module, _, attr = path.rpartition(".")
-    return getattr(importlib.import_module(module), attr)
-
 
 OBJECTIVES = Registry("objective", "jepa_platform.objectives", "jepa_platform.objectives", "lightning.pytorch.LightningModule")
 ENCODERS = Registry("encoder", "jepa_platform.encoders", "jepa_platform.encoders", "torch.nn.Module")
+#: the registry behind each config group whose options may come from plugins
+REGISTRIES = {"objective": OBJECTIVES, "encoder": ENCODERS}
 register_objective = OBJECTIVES.register
 register_encoder = ENCODERS.register
 
