@@ -42,10 +42,11 @@ def loader_rate(data_dir: str, batch_size: int, workers: int, batches: int) -> f
     return n / (time.perf_counter() - start)
 
 
-def step_rate(encoder: str, batch_size: int, steps: int, projector: list[int]) -> float:
+def step_rate(encoder: str, batch_size: int, steps: int, projector: list[int], image_size: int = 32) -> float:
+    """VICReg training steps (two views, AdamW) per second x batch size, after one warm-up step."""
     model = VICReg(TimmEncoder(encoder), functools.partial(torch.optim.AdamW, lr=1e-3), projector_dims=projector)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    views = [torch.randn(batch_size, 3, 32, 32) for _ in range(2)]
+    views = [torch.randn(batch_size, 3, image_size, image_size) for _ in range(2)]
 
     def step() -> None:
         model.shared_step(views).loss.total.backward()

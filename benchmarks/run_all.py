@@ -1,7 +1,9 @@
 """Run every benchmark (`make bench`)."""
 
-from benchmarks import data_vs_compute
+from benchmarks import data_throughput, data_vs_compute
 
 if __name__ == "__main__":
     print("== data_vs_compute ==")
     data_vs_compute.main([])
+    print("\n== data_throughput ==")
+    data_throughput.main([])

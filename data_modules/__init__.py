@@ -1,6 +1,8 @@
-"""WebDataset DataModules, the shard writer and the built-in dataset."""
+"""WebDataset DataModules (images, sequences), the shard writer and converter, and the built-in dataset."""
 
 from data_modules.builtin import ShapesDataModule, ensure_shapes_dataset
-from data_modules.webdataset_dm import WebDatasetDataModule, expand_shards
+from data_modules.images import ImageDataModule
+from data_modules.sequences import SequenceDataModule
+from data_modules.urls import expand_urls
 
-__all__ = ["ShapesDataModule", "WebDatasetDataModule", "ensure_shapes_dataset", "expand_shards"]
+__all__ = ["ImageDataModule", "SequenceDataModule", "ShapesDataModule", "ensure_shapes_dataset", "expand_urls"]

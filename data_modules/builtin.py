@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from data_modules import shapes
+from data_modules.images import ImageDataModule
 from data_modules.shards import shard_pattern, write_dataset_atomically, write_split
-from data_modules.webdataset_dm import WebDatasetDataModule
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def ensure_shapes_dataset(
     return target
 
 
-class ShapesDataModule(WebDatasetDataModule):
+class ShapesDataModule(ImageDataModule):
     """The built-in 10-class shapes dataset (see :mod:`data_modules.shapes`), written as shards on first use."""
 
     def __init__(
@@ -68,8 +68,8 @@ class ShapesDataModule(WebDatasetDataModule):
         directory = shapes_dir(self.root, **self.gen)
         kwargs.setdefault("num_classes", len(shapes.CLASSES))
         super().__init__(
-            train_shards=shard_pattern(directory, "train", -(-num_train // samples_per_shard)),
-            val_shards=shard_pattern(directory, "val", -(-num_val // samples_per_shard)),
+            urls=shard_pattern(directory, "train", -(-num_train // samples_per_shard)),
+            val_urls=shard_pattern(directory, "val", -(-num_val // samples_per_shard)),
             image_size=image_size,
             **kwargs,
         )

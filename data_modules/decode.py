@@ -1,76 +1,61 @@
-"""Safe sample decoding for WebDataset shards: images and integer labels only; never pickle.
+"""Safe decoding of shard fields: images, numpy arrays (``allow_pickle=False``), JSON, text and integers.
 
-Samples that fail to decode are counted, logged and skipped, until the failure rate exceeds the configured bound:
-then the run stops with an error naming the shard, since silently training on a fraction of the data is worse.
+Never pickle: a field with a pickle extension (``pyd``, ``pickle``, ``pth``...) is an error, as is any field the
+caller asks for that no safe decoder handles.
 """
 
 from __future__ import annotations
 
 import io
-import logging
+import json
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from jepa_platform.errors import DataError
-
-log = logging.getLogger(__name__)
-
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+UNSAFE_EXTS = ("pyd", "pickle", "pkl", "pth", "pt", "ckpt")
 
 
-def decode_image_bytes(data: bytes) -> Tensor:
-    """uint8 ``(3, H, W)`` tensor from encoded image bytes (PIL: torchvision.io's decoders are deprecated)."""
+def decode_image(data: bytes) -> Tensor:
+    """uint8 ``(3, H, W)`` tensor from encoded image bytes (PIL: torchvision.io's CPU decoders need libjpeg builds)."""
     with Image.open(io.BytesIO(data)) as img:
         return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
 
 
-def decode_label(data: bytes) -> int:
-    return int(data.decode("utf-8").strip())
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-class SampleDecoder:
-    """Maps a raw WebDataset sample to ``{"image": uint8 (3, H, W), "label": int?}``, skipping bad samples."""
+def decode_field(field: str, data: bytes):
+    """Decode one field by its extension (the part after the last dot)."""
+    ext = field.rsplit(".", 1)[-1].lower()
+    if ext in UNSAFE_EXTS:
+        raise ValueError(f"field '{field}' would need pickle, which is never decoded: write arrays as .npy and metadata as .json")
+    if ext in IMAGE_EXTS:
+        return decode_image(data)
+    if ext == "npy":
+        return decode_npy(data)
+    if ext == "json":
+        return json.loads(data)
+    if ext in ("cls", "idx", "index"):
+        return int(data.decode("utf-8").strip())
+    if ext == "txt":
+        return data.decode("utf-8")
+    raise ValueError(f"no safe decoder for field '{field}': use png/jpg/webp, npy, json, txt or cls")
 
-    def __init__(
-        self, image_keys: tuple[str, ...] = IMAGE_EXTS, label_key: str | None = "cls", max_error_rate: float = 0.01, min_samples_for_rate: int = 200
-    ) -> None:
-        self.image_keys, self.label_key = image_keys, label_key
-        self.max_error_rate, self.min_samples = max_error_rate, min_samples_for_rate
-        self.seen = self.failed = 0
 
-    def _record_failure(self, where: str, exc: BaseException) -> None:
-        self.failed += 1
-        if self.failed <= 10:
-            log.warning("skipping undecodable sample %s: %s", where, exc)
-        rate = self.failed / max(self.seen, 1)
-        if (self.seen >= self.min_samples and rate > self.max_error_rate) or self.max_error_rate == 0:
-            raise DataError(
-                f"{self.failed} of {self.seen} samples failed to decode (last: {where}: {exc}); "
-                f"fix the shards or raise data.max_decode_error_rate (now {self.max_error_rate})"
-            )
+def find_image_field(sample: dict) -> str:
+    field = next((k for k in sample if k.rsplit(".", 1)[-1].lower() in IMAGE_EXTS), None)
+    if field is None:
+        raise KeyError(f"no image field (png/jpg/webp); fields: {sorted(k for k in sample if not k.startswith('__'))}")
+    return field
 
-    def handler(self, exc: BaseException) -> bool:
-        """WebDataset error handler for tar-level failures: count, log, continue."""
-        self.seen += 1
-        self._record_failure("(tar read)", exc)
-        return True
 
-    def __call__(self, sample: dict) -> dict | None:
-        self.seen += 1
-        where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
-        try:
-            key = next((k for k in self.image_keys if k in sample), None)
-            if key is None:
-                raise KeyError(f"no image field among {self.image_keys}; fields: {sorted(k for k in sample if not k.startswith('__'))}")
-            out = {"image": decode_image_bytes(sample[key])}
-            if self.label_key and self.label_key in sample:
-                out["label"] = decode_label(sample[self.label_key])
-            return out
-        except DataError:
-            raise
-        except Exception as exc:
-            self._record_failure(where, exc)
-            return None
+def decode_image_sample(sample: dict, label_key: str | None) -> dict:
+    """``{"image": uint8 (3, H, W), "label": int?, "__key__": str}`` from a raw sample."""
+    out = {"image": decode_image(sample[find_image_field(sample)]), "__key__": sample["__key__"]}
+    if label_key and label_key in sample:
+        out["label"] = decode_field(label_key, sample[label_key])
+    return out

@@ -20,9 +20,58 @@ import webdataset as wds
 MANIFEST = "manifest.json"
 
 
+def _pattern(prefix: str, num_shards: int) -> str:
+    return f"{prefix}-{{{0:06d}..{num_shards - 1:06d}}}.tar"
+
+
 def shard_pattern(directory: str | os.PathLike, prefix: str, num_shards: int) -> str:
     """Brace pattern naming every shard, e.g. ``/data/train-{000000..000019}.tar``."""
-    return f"{Path(directory)}/{prefix}-{{{0:06d}..{num_shards - 1:06d}}}.tar"
+    return f"{Path(directory)}/{_pattern(prefix, num_shards)}"
+
+
+class ShardSink:
+    """Writes samples into ``{prefix}-000000.tar``, ``-000001.tar``... starting a new shard at ``max_count`` samples
+    or when the next sample would pass ``max_bytes``; :meth:`close` returns the split's manifest entry."""
+
+    def __init__(self, directory: Path, prefix: str, max_count: int | None = None, max_bytes: int | None = None, mtime: float = 0.0) -> None:
+        if not max_count and not max_bytes:
+            raise ValueError("give max_count or max_bytes")
+        self.directory, self.prefix, self.max_count, self.max_bytes, self.mtime = Path(directory), prefix, max_count, max_bytes, mtime
+        self.counts: list[int] = []
+        self.total_bytes = 0
+        self._writer: wds.TarWriter | None = None
+        self._bytes = 0
+
+    def _next_shard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        path = self.directory / f"{self.prefix}-{len(self.counts):06d}.tar"
+        self._writer = wds.TarWriter(str(path), mtime=self.mtime)
+        self.counts.append(0)
+        self._bytes = 0
+
+    def write(self, sample: dict) -> None:
+        # tar: a 512-byte header per field, data padded to 512 (the archive's end adds at most a 10 KiB record)
+        size = sum(512 + -(-len(v if isinstance(v, bytes) else str(v).encode()) // 512) * 512 for k, v in sample.items() if k != "__key__")
+        full = self._writer is None or (self.max_count and self.counts[-1] >= self.max_count)
+        if full or (self.max_bytes and self.counts[-1] and self._bytes + size > self.max_bytes):
+            self._next_shard()
+        self._writer.write(sample)
+        self.counts[-1] += 1
+        self._bytes += size
+        self.total_bytes += size
+
+    def close(self) -> dict:
+        if self._writer is not None:
+            self._writer.close()
+        n = len(self.counts)
+        return {
+            "num_samples": sum(self.counts),
+            "num_shards": n,
+            "pattern": _pattern(self.prefix, n),
+            "shard_samples": self.counts,
+            "bytes": self.total_bytes,
+        }
 
 
 def _write_one(sample_fn: Callable[[int], dict], path: str, start: int, stop: int, mtime: float | None) -> int:
@@ -55,7 +104,7 @@ def write_split(
             counts = list(pool.map(_write_one, [sample_fn] * len(bounds), paths, starts, stops, [mtime] * len(bounds)))
     else:
         counts = [_write_one(sample_fn, p, a, b, mtime) for p, (a, b) in zip(paths, bounds, strict=True)]
-    return {"num_samples": sum(counts), "num_shards": len(paths), "pattern": f"{prefix}-{{{0:06d}..{len(paths) - 1:06d}}}.tar"}
+    return {"num_samples": sum(counts), "num_shards": len(paths), "pattern": _pattern(prefix, len(paths)), "shard_samples": counts}
 
 
 def write_dataset_atomically(target: Path, write: Callable[[Path], dict]) -> dict:

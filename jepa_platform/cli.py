@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from jepa_platform import __version__
-from jepa_platform.errors import JepaError
+from jepa_platform.errors import JepaError, one_line
 
 USAGE = """usage: jepa <command> [args]
 
@@ -18,6 +18,7 @@ commands:
   eval    linear-probe and kNN accuracy of a run's encoder, and of the same encoder randomly initialised:
           jepa eval runs/<run> [--random-init] (jepa eval --help for options)
   list    registered objectives and encoders, plugins included, with one-line descriptions
+  data    shards: jepa data convert SRC OUT_DIR (image folder, .npz, IDX) | jepa data inspect DIR_OR_URLS
 """
 
 
@@ -42,7 +43,25 @@ def _list(args: list[str]) -> int:
     return main(args)
 
 
-COMMANDS = {"train": _train, "eval": _eval, "list": _list}
+def _data(args: list[str]) -> int:
+    import argparse
+
+    from data_modules import convert, inspection
+
+    parser = argparse.ArgumentParser(prog="jepa data", description="Write and inspect WebDataset shards.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, module, text in (
+        ("convert", convert, "write shards from an image folder, .npz or IDX files"),
+        ("inspect", inspection, "counts, fields, classes and a PNG grid"),
+    ):
+        sub = commands.add_parser(name, help=text, description=module.__doc__.splitlines()[0])
+        module.add_arguments(sub)
+        sub.set_defaults(func=module.run)
+    parsed = parser.parse_args(args)
+    return parsed.func(parsed)
+
+
+COMMANDS = {"train": _train, "eval": _eval, "list": _list, "data": _data}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return command(argv[1:])
     except JepaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

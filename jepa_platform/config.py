@@ -24,7 +24,7 @@ from hydra.errors import ConfigCompositionException, HydraException, MissingConf
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from jepa_platform.errors import ConfigError
+from jepa_platform.errors import ConfigError, one_line
 
 _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version"}
 # With another config source the pre-flight check (which reads conf/) would judge the wrong configs: Hydra checks those.
@@ -153,10 +153,6 @@ def _expand_sweeps(overrides: list[str], limit: int = 32) -> Iterator[list[str]]
     yield from itertools.islice(itertools.product(*choices), limit)
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 def _check_syntax(overrides: list[str]) -> None:
     parser = OverridesParser.create()
     for override in overrides:
@@ -196,8 +192,8 @@ def explain(exc: BaseException, overrides: list[str], config_name: str = "train"
         key = getattr(exc, "full_key", "") or "a value"
         return ConfigError(f"{key} is required but not set: add {key}=... to the command line")
     if isinstance(exc, MissingConfigException):
-        return ConfigError(f"{_one_line(exc).split(' Available options')[0]}: check the group option (jepa train --help lists them)")
-    return ConfigError(f"config error: {_one_line(exc).split(' full_key:')[0]}")
+        return ConfigError(f"{one_line(exc).split(' Available options')[0]}: check the group option (jepa train --help lists them)")
+    return ConfigError(f"config error: {one_line(exc).split(' full_key:')[0]}")
 
 
 def compose_config(overrides: list[str], config_name: str = "train", conf: Path | None = None, output_dir: str = ".") -> DictConfig:

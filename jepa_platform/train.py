@@ -21,10 +21,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from jepa_platform.config import config_dir, flatten, job_config, store_registered_configs
-from jepa_platform.errors import CheckpointError, ConfigError, JepaError
+from jepa_platform.errors import CheckpointError, ConfigError, JepaError, one_line
 
 log = logging.getLogger(__name__)
 RUN_INFO = "mlflow_run.json"
@@ -35,6 +35,8 @@ for pattern in (
     r".*Your `IterableDataset` has `__len__` defined.*",
     r".*The number of training batches \(\d+\) is smaller than the logging interval.*",
     r".*Checkpoint directory .* exists and is not empty.*",
+    # the data modules resume mid-epoch themselves (data_modules.streaming.resume_position)
+    r".*resuming from a checkpoint that ended before the epoch ended and your dataloader is not resumable.*",
 ):
     warnings.filterwarnings("ignore", message=pattern)
 
@@ -130,6 +132,16 @@ def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
         raise ConfigError(f"cannot build {what} ({node.get('_target_')}): {detail}: fix the {what} config or its overrides") from exc
 
 
+def fill_from_data(cfg: DictConfig, datamodule: Any) -> None:
+    """Put what the data knows (the class count from a dataset manifest) into ``data.num_classes`` when it is unset,
+    so that the objective's probe and ``jepa eval`` see it through the config."""
+    found = getattr(datamodule, "num_classes", None)
+    if "num_classes" in cfg.data and cfg.data.num_classes is None and found:
+        with open_dict(cfg):
+            cfg.data.num_classes = found
+        log.info("data.num_classes=%d from the dataset manifest", found)
+
+
 def _instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
     if not cfg:
         return []
@@ -139,7 +151,6 @@ def _instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
 def run_train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured objective; return the final callback metrics."""
     output_dir = Path(cfg.paths.output_dir).resolve()
-    config = job_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
 
     ckpt_path = None
@@ -148,6 +159,8 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
         log.info("resuming from %s", ckpt_path)
 
     datamodule = build(cfg.data, "data")
+    fill_from_data(cfg, datamodule)
+    config = job_config(cfg)
     model = build(cfg.objective, "objective")
     if ckpt_path is not None:
         check_checkpoint_matches(load_checkpoint(ckpt_path), model, ckpt_path)
@@ -188,7 +201,7 @@ def main(args: list[str]) -> int:
         try:
             run_train(cfg)
         except JepaError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {one_line(exc)}", file=sys.stderr)
             sys.exit(2)
 
     sys.argv = ["jepa-train", *args]

@@ -14,7 +14,9 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from data_modules.builtin import ensure_shapes_dataset
+from data_modules.sequences import write_episodes
 from jepa_platform.config import compose_config
+from jepa_platform.testing import moving_square_episode
 
 TINY = {"num_train": 512, "num_val": 256, "samples_per_shard": 128}
 EXAMPLE_PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "jepa-plugin-example"
@@ -52,6 +54,15 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(data_root: Path) -> Path:
     return ensure_shapes_dataset(data_root, workers=1, **TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_sequences(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 training and 4 validation episodes of 24 frames, 4 episodes per shard, frames as PNG images."""
+    out = tmp_path_factory.mktemp("sequences") / "moving-square"
+    splits = {"train": (moving_square_episode(i) for i in range(12)), "val": (moving_square_episode(100 + i) for i in range(4))}
+    write_episodes(out, splits, episodes_per_shard=4, frame_format="png")
+    return out
 
 
 @pytest.fixture

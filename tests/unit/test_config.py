@@ -28,17 +28,23 @@ def test_every_config_file_is_covered():
 
 
 @pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
-def test_compose_and_instantiate(group: str, option: str, make_cfg, tiny_dataset: Path):
+def test_compose_and_instantiate(group: str, option: str, make_cfg, tiny_dataset: Path, tiny_sequences: Path):
     overrides = [f"{group}={option}"]
-    if group == "data" and option == "webdataset":
-        overrides += [f"data.train_shards='{tiny_dataset}/train-{{000000..000003}}.tar'", "data.num_classes=10", "data.image_size=32"]
+    if group == "data" and option == "images":
+        overrides += [f"data.urls={tiny_dataset}", "data.image_size=32", "data.num_workers=0"]
+    if group == "data" and option == "sequences":
+        overrides += [f"data.urls={tiny_sequences}", "data.image_size=16", "data.batch_size=4", "data.num_workers=0"]
     if group in ("debug", "hydra"):
         overrides = []  # debug=fast is already applied; the hydra group is composed by every run
     if group == "trainer" and option == "gpu":
         overrides.append("trainer.accelerator=cpu")  # no GPU in CI: check the rest of the file
-    cfg = make_cfg(*overrides, debug=not (group == "data" and option == "webdataset"))
+    own_data = group == "data" and option in ("images", "sequences")
+    cfg = make_cfg(*overrides, debug=not own_data)
     datamodule = instantiate(cfg.data, _convert_="all")
     assert isinstance(datamodule, L.LightningDataModule)
+    if own_data:
+        datamodule.setup("fit")
+        assert len(datamodule.train_dataloader()) >= 1
     model = instantiate(cfg.objective, _convert_="all")
     assert isinstance(model, JointEmbeddingObjective)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c and c.get("_target_")]
@@ -63,7 +69,7 @@ def test_groups_have_options():
         (["objective.sim_weigth=1"], r"unknown config key 'objective.sim_weigth' \(did you mean objective.sim_weight\?\)"),
         (["trainer.max_epochs=[1"], r"malformed override 'trainer.max_epochs=\[1'"),
         (["encoder.name"], r"malformed override 'encoder.name'"),
-        (["data=webdataset"], r"data.train_shards is required but not set"),
+        (["data=images"], r"data.urls is required but not set"),
         (["-m", "encoder=tiny,resnet19"], r"unknown encoder 'resnet19'"),
     ],
 )

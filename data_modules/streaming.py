@@ -1,0 +1,229 @@
+"""The LightningDataModule base shared by image and sequence data: URLs, epoch length, loaders, resume.
+
+Subclasses say how one raw sample becomes training items (``train_process``) and evaluation items
+(``eval_process``); this class plans epochs (see :mod:`data_modules.stream`) and builds the DataLoaders.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+from data_modules.stream import ShardStream, exact_batches_per_rank
+from data_modules.urls import dataset_split, expand_urls, is_remote, read_manifest, shard_sizes
+from jepa_platform.errors import ConfigError
+
+log = logging.getLogger(__name__)
+EpochMode = Literal["exact", "resampled"]
+
+
+def rank_and_world(trainer: L.Trainer | None) -> tuple[int, int]:
+    """``(rank, world size)`` from the trainer, else from an initialised process group, else ``(0, 1)``."""
+    if trainer is not None:
+        return trainer.global_rank, trainer.world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def resume_position(trainer: L.Trainer | None) -> tuple[int, int]:
+    """``(epoch, batches already trained in it)`` that a fit restored from a mid-epoch checkpoint continues from.
+
+    Lightning restores its loop progress before it asks for the train loader; ``processed`` counts the batches
+    whose training step ran, which is what Lightning itself skips when it resumes.
+    """
+    if trainer is None:
+        return 0, 0
+    fit_loop = trainer.fit_loop
+    skip = fit_loop.epoch_loop.batch_progress.current.processed if fit_loop.restarting else 0
+    return trainer.current_epoch, skip
+
+
+class StreamingDataModule(L.LightningDataModule):
+    """Shards in, fixed-length training epochs and labelled evaluation batches out.
+
+    Args:
+        urls: training shards: paths, brace patterns, globs, a dataset directory (its ``train`` split), ``pipe:``
+            commands or fsspec URLs (``s3://``, ``gs://``, ``file://``...).
+        val_urls: evaluation shards; ``None`` takes the ``val`` split when ``urls`` is a dataset directory.
+        batch_size: per-rank batch size.
+        val_batch_size: per-rank evaluation batch size (default: ``batch_size``).
+        num_workers: DataLoader worker processes per rank.
+        epoch_mode: ``exact`` (every sample once per epoch, minus a remainder under ``world_size * batch_size``)
+            or ``resampled`` (shards drawn with replacement; for unknown shard sizes or endless data).
+        batches_per_epoch: explicit per-rank epoch length; wins over ``samples_per_epoch``.
+        samples_per_epoch: epoch length over all ranks; default: all samples (exact) / the shard total.
+        shuffle_buffer: samples held per worker for shuffling.
+        max_error_rate: fraction of unreadable samples after which the run stops.
+        seed: fixes shard order, shuffling and augmentation of every epoch.
+        collate: ``list of items -> batch dict`` hook (e.g. a mask sampler); default ``default_collate``.
+    """
+
+    items_per_sample = 1
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        val_urls: str | Sequence[str] | None = None,
+        batch_size: int = 256,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        epoch_mode: EpochMode = "exact",
+        batches_per_epoch: int | None = None,
+        samples_per_epoch: int | None = None,
+        shuffle_buffer: int = 2000,
+        max_error_rate: float = 0.01,
+        seed: int = 0,
+        collate: Callable[[list[Any]], dict] | None = None,
+    ) -> None:
+        super().__init__()
+        if epoch_mode not in ("exact", "resampled"):
+            raise ConfigError(f"data.epoch_mode={epoch_mode!r}: use exact or resampled")
+        if batch_size < 2:
+            raise ConfigError(f"data.batch_size={batch_size}: joint-embedding losses need at least 2 samples per batch")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers={num_workers} must be >= 0")
+        self.urls, self.val_urls = urls, val_urls
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.num_workers, self.epoch_mode = num_workers, epoch_mode
+        self.batches_per_epoch, self.samples_per_epoch = batches_per_epoch, samples_per_epoch
+        self.shuffle_buffer, self.max_error_rate, self.seed = shuffle_buffer, max_error_rate, seed
+        self.collate = collate or default_collate
+        self._train_urls: list[str] = []
+        self._val_urls: list[str] = []
+        self._sizes: dict[str, list[int] | None] = {}
+        self.manifest = self._find_manifest()
+
+    # -- hooks for subclasses -----------------------------------------------------------------------------------
+    def train_process(self) -> Callable[[dict], list[Any]]:
+        raise NotImplementedError
+
+    def eval_process(self) -> Callable[[dict], list[Any]]:
+        raise NotImplementedError
+
+    # -- setup --------------------------------------------------------------------------------------------------
+    def _find_manifest(self) -> dict | None:
+        """The manifest when ``urls`` names one dataset directory (for class names and the val split)."""
+        if isinstance(self.urls, str) and not self.urls.endswith(".tar") and "{" not in self.urls:
+            directory = self.urls if is_remote(self.urls) else str(Path(self.urls).expanduser())
+            return read_manifest(directory)
+        return None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._train_urls:
+            return
+        self._train_urls = expand_urls(self.urls, "data.urls", split="train")
+        val = self.val_urls
+        if val is None and self.manifest and "val" in self.manifest.get("splits", {}):
+            val = dataset_split(self.urls if is_remote(self.urls) else str(Path(self.urls).expanduser()), "val")
+        self._val_urls = expand_urls(val, "data.val_urls", split="val") if val else []
+        self._sizes = {"train": shard_sizes(self._train_urls), "val": shard_sizes(self._val_urls) if self._val_urls else None}
+
+    @property
+    def _rank_world(self) -> tuple[int, int]:
+        return rank_and_world(self.trainer)
+
+    def train_batches_per_rank(self) -> int:
+        """Batches every rank trains on per epoch (equal on all ranks)."""
+        self.setup("fit")
+        _, world = self._rank_world
+        sizes, workers, k = self._sizes["train"], max(self.num_workers, 1), self.items_per_sample
+        exact_max = exact_batches_per_rank(sum(sizes), world, workers, self.batch_size, k) if sizes is not None else None
+        if self.batches_per_epoch:
+            n = self.batches_per_epoch
+        elif self.samples_per_epoch:
+            n = self.samples_per_epoch * k // (world * self.batch_size)
+        elif exact_max is not None:
+            n = exact_max
+        else:
+            raise ConfigError(
+                "the shard sizes are unknown (no manifest.json beside remote shards): set data.samples_per_epoch or data.batches_per_epoch"
+            )
+        if self.epoch_mode == "exact" and exact_max is not None and n > exact_max:
+            raise ConfigError(
+                f"an exact epoch of {n} batches per rank needs more samples than the {sum(sizes)} in data.urls "
+                f"({exact_max} batches of {self.batch_size} per rank x {world} ranks): lower the epoch length or set data.epoch_mode=resampled"
+            )
+        if n < 1:
+            raise ConfigError(
+                f"no full batch per rank: {sum(sizes or [0])} samples, batch_size={self.batch_size}, {world} ranks: lower data.batch_size"
+            )
+        if self.epoch_mode == "exact" and sizes is None:
+            log.warning("shard sizes unknown: exact epochs assign whole shards round robin and may repeat or miss samples; write a manifest")
+        return n
+
+    # -- loaders ------------------------------------------------------------------------------------------------
+    def _loader(self, stream: ShardStream, persistent: bool) -> DataLoader:
+        trainer = self.trainer
+        return DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=persistent and self.num_workers > 0,
+            pin_memory=trainer is not None and trainer.strategy.root_device.type == "cuda",
+            prefetch_factor=4 if self.num_workers > 0 else None,
+        )
+
+    def train_stream(self, start_epoch: int = 0, skip_batches: int = 0) -> ShardStream:
+        """The training dataset of this rank; ``start_epoch``/``skip_batches`` replay a run from a position."""
+        n = self.train_batches_per_rank()
+        rank, world = self._rank_world
+        sizes = self._sizes["train"]
+        if self.epoch_mode == "exact" and sizes is None and len(self._train_urls) < world * max(self.num_workers, 1):
+            raise ConfigError(
+                f"{len(self._train_urls)} shards cannot be split over {world} ranks x {max(self.num_workers, 1)} workers: "
+                "write more shards, lower data.num_workers, or set data.epoch_mode=resampled"
+            )
+        return ShardStream(
+            self._train_urls,
+            sizes,
+            self.train_process(),
+            self.collate,
+            mode=self.epoch_mode,
+            batch_size=self.batch_size,
+            batches_per_rank=n,
+            items_per_sample=self.items_per_sample,
+            world_size=world,
+            rank=rank,
+            num_workers=self.num_workers,
+            seed=self.seed,
+            shuffle_buffer=self.shuffle_buffer,
+            start_epoch=start_epoch,
+            skip_batches=skip_batches,
+            max_error_rate=self.max_error_rate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        epoch, skip = resume_position(self.trainer)
+        if skip:
+            log.info("resuming epoch %d after %d batches: those are re-read and dropped, not decoded", epoch, skip)
+        return self._loader(self.train_stream(epoch, skip), persistent=True)
+
+    def eval_dataloader(self, split: str, limit: int | None = None) -> DataLoader:
+        """Un-augmented batches of ``split`` ("train" or "val"), each sample once over all ranks; at most ``limit``."""
+        self.setup("validate")
+        urls = {"train": self._train_urls, "val": self._val_urls}[split]
+        if not urls:
+            raise ConfigError(f"no {split} shards: set data.{'urls' if split == 'train' else 'val_urls'}")
+        rank, world = self._rank_world
+        stream = ShardStream(
+            urls,
+            self._sizes[split],
+            self.eval_process(),
+            default_collate,
+            mode="eval",
+            batch_size=self.val_batch_size,
+            world_size=world,
+            rank=rank,
+            num_workers=self.num_workers,
+            seed=self.seed,
+            limit=limit,
+            max_error_rate=self.max_error_rate,
+        )
+        return self._loader(stream, persistent=False)

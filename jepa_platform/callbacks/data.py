@@ -1,0 +1,31 @@
+"""``data/skipped``: how many samples the training loaders skipped (bad bytes, truncated tars, missing shards)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+
+class DataHealth(Callback):
+    """Logs ``data/skipped``, the running total of skipped training samples summed over ranks.
+
+    The loaders put ``data_skipped`` (samples skipped since the worker's previous batch) into every batch, because
+    DataLoader workers are separate processes whose counters the trainer cannot read.
+    """
+
+    def __init__(self) -> None:
+        self.skipped = 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not isinstance(batch, dict) or "data_skipped" not in batch:
+            return
+        self.skipped += int(batch["data_skipped"])
+        pl_module.log("data/skipped", float(self.skipped), on_step=True, on_epoch=False, reduce_fx="sum", sync_dist=trainer.world_size > 1)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))

@@ -1,0 +1,82 @@
+"""Splitting over ranks and workers, and resuming mid-epoch, as Lightning runs them."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from data_modules import ImageDataModule
+from data_modules.shapes import encode_png, render
+from data_modules.stream import exact_batches_per_rank
+from jepa_platform.testing import epoch_keys_by_rank
+
+SHARD_SIZES = [37, 50, 64, 23, 80, 41, 55]  # unequal, as real shards are; 350 samples, no manifest (sizes by tar scan)
+
+
+@pytest.fixture(scope="module")
+def uneven_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("uneven")
+    png = encode_png(render(0, "train", 0)[0])
+    for s, size in enumerate(SHARD_SIZES):
+        with tarfile.open(root / f"part-{s:02d}.tar", "w") as tar:
+            for i in range(size):
+                for ext, data in (("png", png), ("cls", b"1")):
+                    info = tarfile.TarInfo(f"s{s:02d}-{i:03d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return root
+
+
+def test_two_ranks_two_workers_read_each_sample_at_most_once(uneven_shards: Path):
+    batch, world, workers = 8, 2, 2
+    kwargs = {"batch_size": batch, "num_workers": workers, "shuffle_buffer": 16, "view_transform": v2.ToDtype(torch.float32, scale=True)}
+    ranks = epoch_keys_by_rank(str(uneven_shards / "part-*.tar"), world_size=world, epochs=2, **kwargs)
+    total = sum(SHARD_SIZES)
+    per_rank = exact_batches_per_rank(total, world, workers, batch)
+    assert [r["batches"] for r in ranks] == [per_rank, per_rank]  # ranks stay in step
+    orders = []
+    for epoch in range(2):
+        keys = [k for r in ranks for k in r["keys"][epoch]]
+        assert len(keys) == len(set(keys)) == world * per_rank * batch  # no sample twice, within or across ranks
+        assert total - len(keys) <= world * batch - 1  # the documented remainder
+        orders.append(keys)
+    assert orders[0] != orders[1] and set(orders[0]) != set(orders[1])  # each epoch drops a different tail
+
+
+class _Recorder(L.LightningModule):
+    """Records the keys of every training batch; a single parameter makes the step trainable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.seen: list[tuple[int, int, str]] = []
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self.seen += [(self.current_epoch, batch_idx, k) for k in batch["__key__"]]
+        return (self.w - batch["views"][0].mean()) ** 2
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_lightning_resume_mid_epoch_continues_the_same_batches(tiny_dataset: Path, tmp_path: Path):
+    def fit(ckpt_path: str | None = None) -> list[tuple[int, int, str]]:
+        dm = ImageDataModule(str(tiny_dataset), batch_size=32, num_workers=2, shuffle_buffer=64, view_transform=v2.ToDtype(torch.float32, scale=True))
+        every_5 = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5, save_top_k=-1, filename="{step}")
+        trainer = L.Trainer(
+            max_epochs=2, accelerator="cpu", logger=False, callbacks=[every_5], enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0
+        )
+        model = _Recorder()
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        return model.seen
+
+    full = fit()
+    assert len(full) == 2 * 512
+    resumed = fit(str(tmp_path / "step=20.ckpt"))  # epoch 1, after 4 of its 16 batches
+    assert resumed == [row for row in full if (row[0], row[1]) >= (1, 4)]
