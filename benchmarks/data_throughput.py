@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from hydra.utils import instantiate
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from benchmarks.data_vs_compute import step_rate
+from benchmarks.data_vs_compute import samples_per_second, step_rate
 from data_modules.convert import convert
 from data_modules.decode import decode_image
 from data_modules.shapes import CLASSES, render
@@ -55,15 +54,6 @@ class FilesTwoViews(Dataset):
         return {"views": [self.transform(image), self.transform(image)]}
 
 
-def rate(loader, batches: int) -> float:
-    """Samples/s over ``batches`` batches after the first (worker start-up is not throughput)."""
-    it = iter(loader)
-    next(it)
-    start = time.perf_counter()
-    n = sum(len(next(it)["views"][0]) for _ in range(batches))
-    return n / (time.perf_counter() - start)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--images", type=int, default=768)
@@ -83,9 +73,9 @@ def main(argv: list[str] | None = None) -> None:
         for w in args.workers:
             data = image_config(shards, args.image_size, args.batch_size, w)
             dm = instantiate(data, _convert_="all")
-            stream[w] = rate(dm.train_dataloader(), args.batches)
+            stream[w] = samples_per_second(dm.train_dataloader(), args.batches)
             baseline = DataLoader(FilesTwoViews(files, dm.view_transforms[0]), batch_size=args.batch_size, shuffle=True, num_workers=w)
-            files_rate[w] = rate(baseline, args.batches)
+            files_rate[w] = samples_per_second(baseline, args.batches)
     step = step_rate("resnet18", args.batch_size, args.steps, [2048, 2048, 2048], args.image_size)
     print(f"two {args.image_size}px views per sample, batch {args.batch_size}, {torch.get_num_threads()} torch threads")
     print(f"{'VICReg ResNet-18 training step':<34}{step:>10.1f} samples/s")

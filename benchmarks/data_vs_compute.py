@@ -35,10 +35,15 @@ def loader_rate(data_dir: str, batch_size: int, workers: int, batches: int) -> f
     dm = instantiate(cfg.data, _convert_="all")
     dm.prepare_data()
     dm.setup("fit")
-    it = iter(dm.train_dataloader())
-    next(it)  # worker start-up is not throughput
+    return samples_per_second(dm.train_dataloader(), batches)
+
+
+def samples_per_second(loader, batches: int) -> float:
+    """Multi-view samples/s over ``batches`` batches after the first (worker start-up is not throughput)."""
+    it = iter(loader)
+    next(it)
     start = time.perf_counter()
-    n = sum(len(next(it)["label"]) for _ in range(batches))
+    n = sum(len(next(it)["views"][0]) for _ in range(batches))
     return n / (time.perf_counter() - start)
 
 

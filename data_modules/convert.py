@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import io
 import json
 import logging
 import os
@@ -26,14 +25,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data_modules.shards import MANIFEST, ShardSink, write_dataset_atomically
+from data_modules.decode import PIL_FORMATS, encode_image
+from data_modules.shards import ShardSink, write_dataset_atomically
+from data_modules.urls import MANIFEST
 from jepa_platform.errors import DataError
 
 log = logging.getLogger(__name__)
 FILE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 KEEP_EXTS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}
 SPLIT_DIRS = {"train": "train", "val": "val", "validation": "val", "test": "val"}
-PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 
 
 @dataclass
@@ -235,9 +235,7 @@ def encode(item: Item, enc: Encoding) -> tuple[str, bytes] | str:
             if enc.resize and min(img.size) != enc.resize:
                 scale = enc.resize / min(img.size)
                 img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC)
-            buf = io.BytesIO()
-            img.save(buf, format=PIL_FORMATS[fmt], **({} if fmt == "png" else {"quality": enc.quality}))
-            return fmt, buf.getvalue()
+            return fmt, encode_image(img, fmt, enc.quality)
     except Exception as exc:
         return f"{item.source}: {type(exc).__name__}: {exc}"
 

@@ -1,4 +1,5 @@
-"""Safe decoding of shard fields: images, numpy arrays (``allow_pickle=False``), JSON, text and integers.
+"""Safe decoding of shard fields: images, numpy arrays (``allow_pickle=False``), JSON, text and integers; and the
+image encoder the shard writers share.
 
 Never pickle: a field with a pickle extension (``pyd``, ``pickle``, ``pth``...) is an error, as is any field the
 caller asks for that no safe decoder handles.
@@ -16,6 +17,14 @@ from torch import Tensor
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 UNSAFE_EXTS = ("pyd", "pickle", "pkl", "pth", "pt", "ckpt")
+PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+
+
+def encode_image(img: Image.Image, fmt: str, quality: int) -> bytes:
+    """``img`` as ``png`` (lossless; ``quality`` unused), ``jpg`` or ``webp`` bytes."""
+    buf = io.BytesIO()
+    img.save(buf, format=PIL_FORMATS[fmt], **({} if fmt == "png" else {"quality": quality}))
+    return buf.getvalue()
 
 
 def decode_image(data: bytes) -> Tensor:

@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.utils import make_grid
 
-from data_modules.decode import IMAGE_EXTS, decode_field, decode_image
+from data_modules.decode import decode_field, decode_image, find_image_field
 from data_modules.urls import expand_urls, iter_tar, open_url, read_manifest
 from jepa_platform.errors import DataError
 
@@ -36,8 +36,9 @@ def inspect_shards(urls: list[str], label_field: str, grid_images: list, grid_si
                     stats["fields"].update(k for k in sample if not k.startswith("__"))
                     if label_field in sample:
                         stats["labels"][decode_field(label_field, sample[label_field])] += 1
-                    image_field = next((k for k in sample if k.rsplit(".", 1)[-1] in IMAGE_EXTS), None)
-                    if image_field is None:
+                    try:
+                        image_field = find_image_field(sample)
+                    except KeyError:
                         continue
                     try:
                         with Image.open(io.BytesIO(sample[image_field])) as img:

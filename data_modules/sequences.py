@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from data_modules.decode import IMAGE_EXTS, decode_image, decode_npy
+from data_modules.decode import IMAGE_EXTS, decode_image, decode_npy, encode_image
 from data_modules.shards import ShardSink, write_dataset_atomically
 from data_modules.streaming import StreamingDataModule
 from jepa_platform.errors import ConfigError
@@ -31,12 +31,6 @@ FRAME_FIELD = re.compile(r"^frame_(\d+)\.(png|jpg|jpeg|webp)$")
 def _npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
-
-
-def _encode_frame(frame: np.ndarray, fmt: str, quality: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format={"jpg": "JPEG"}.get(fmt, fmt.upper()), quality=quality)
     return buf.getvalue()
 
 
@@ -53,7 +47,7 @@ def episode_sample(index: int, episode: dict, frame_format: str = "npy", quality
         sample["frames.npy"] = _npy(frames)
     else:
         for t, frame in enumerate(frames):
-            sample[f"frame_{t:05d}.{frame_format}"] = _encode_frame(frame, frame_format, quality)
+            sample[f"frame_{t:05d}.{frame_format}"] = encode_image(Image.fromarray(frame), frame_format, quality)
     for key in ("actions", "states"):
         if episode.get(key) is not None:
             sample[f"{key}.npy"] = _npy(np.asarray(episode[key], np.float32))

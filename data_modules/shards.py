@@ -17,11 +17,16 @@ from pathlib import Path
 
 import webdataset as wds
 
-MANIFEST = "manifest.json"
+from data_modules.urls import MANIFEST, read_manifest
 
 
 def _pattern(prefix: str, num_shards: int) -> str:
     return f"{prefix}-{{{0:06d}..{num_shards - 1:06d}}}.tar"
+
+
+def split_entry(prefix: str, counts: list[int]) -> dict:
+    """A split's manifest entry: sample counts per shard (the epoch planner needs them) and the shards' pattern."""
+    return {"num_samples": sum(counts), "num_shards": len(counts), "pattern": _pattern(prefix, len(counts)), "shard_samples": counts}
 
 
 def shard_pattern(directory: str | os.PathLike, prefix: str, num_shards: int) -> str:
@@ -64,14 +69,7 @@ class ShardSink:
     def close(self) -> dict:
         if self._writer is not None:
             self._writer.close()
-        n = len(self.counts)
-        return {
-            "num_samples": sum(self.counts),
-            "num_shards": n,
-            "pattern": _pattern(self.prefix, n),
-            "shard_samples": self.counts,
-            "bytes": self.total_bytes,
-        }
+        return {**split_entry(self.prefix, self.counts), "bytes": self.total_bytes}
 
 
 def _write_one(sample_fn: Callable[[int], dict], path: str, start: int, stop: int, mtime: float | None) -> int:
@@ -104,14 +102,14 @@ def write_split(
             counts = list(pool.map(_write_one, [sample_fn] * len(bounds), paths, starts, stops, [mtime] * len(bounds)))
     else:
         counts = [_write_one(sample_fn, p, a, b, mtime) for p, (a, b) in zip(paths, bounds, strict=True)]
-    return {"num_samples": sum(counts), "num_shards": len(paths), "pattern": _pattern(prefix, len(paths)), "shard_samples": counts}
+    return split_entry(prefix, counts)
 
 
 def write_dataset_atomically(target: Path, write: Callable[[Path], dict]) -> dict:
     """Run ``write(tmp_dir) -> manifest`` and move the result to ``target``; keep ``target`` if already complete."""
     target = Path(target)
     if (target / MANIFEST).exists():
-        return read_manifest(target)
+        return read_manifest(str(target))
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"{target} exists without {MANIFEST} (an interrupted or foreign write): remove it or choose another directory")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -128,8 +126,4 @@ def write_dataset_atomically(target: Path, write: Callable[[Path], dict]) -> dic
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return read_manifest(target)
-
-
-def read_manifest(directory: Path) -> dict:
-    return json.loads((Path(directory) / MANIFEST).read_text())
+    return read_manifest(str(target))

@@ -19,6 +19,7 @@ counted; each batch carries ``data_skipped`` (samples skipped since the worker's
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import random
 import tarfile
@@ -249,19 +250,19 @@ class ShardStream(IterableDataset):
         """The worker's ranges, shuffled; read again (shuffled anew) only to top up after skipped samples."""
         if not ranges:
             return
-        for rounds in range(1_000_000):
+        for rounds in itertools.count():
             produced = 0
             for sample in shuffled(self._read_all(ranges, budget), self.shuffle_buffer, rng):
                 produced += 1
                 yield sample
             if produced == 0:
                 raise DataError(f"{budget.where}: none of its shards could be read (first: {ranges[0].url}): check data.urls")
-            if rounds == 0 and self.mode != "eval":
+            if self.mode == "eval":  # evaluation reads its ranges once; only training streams top up
+                return
+            if rounds == 0:
                 log.warning(
                     "%s: read its range again to top up after %d skipped samples (some samples repeat this epoch)", budget.where, budget.failed
                 )
-            if self.mode == "eval":
-                return
 
     def _read_all(self, ranges: list[ShardRange], budget: ErrorBudget) -> Iterator[dict]:
         for shard in ranges:

@@ -98,7 +98,8 @@ class StreamingDataModule(L.LightningDataModule):
         self._train_urls: list[str] = []
         self._val_urls: list[str] = []
         self._sizes: dict[str, list[int] | None] = {}
-        self.manifest = self._find_manifest()
+        self._dataset_dir = self._find_dataset_dir()
+        self.manifest = read_manifest(self._dataset_dir) if self._dataset_dir else None
 
     # -- hooks for subclasses -----------------------------------------------------------------------------------
     def train_process(self) -> Callable[[dict], list[Any]]:
@@ -108,11 +109,10 @@ class StreamingDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     # -- setup --------------------------------------------------------------------------------------------------
-    def _find_manifest(self) -> dict | None:
-        """The manifest when ``urls`` names one dataset directory (for class names and the val split)."""
+    def _find_dataset_dir(self) -> str | None:
+        """The directory ``urls`` names, if it names one (its manifest gives class names and the val split)."""
         if isinstance(self.urls, str) and not self.urls.endswith(".tar") and "{" not in self.urls:
-            directory = self.urls if is_remote(self.urls) else str(Path(self.urls).expanduser())
-            return read_manifest(directory)
+            return self.urls if is_remote(self.urls) else str(Path(self.urls).expanduser())
         return None
 
     def setup(self, stage: str | None = None) -> None:
@@ -121,7 +121,7 @@ class StreamingDataModule(L.LightningDataModule):
         self._train_urls = expand_urls(self.urls, "data.urls", split="train")
         val = self.val_urls
         if val is None and self.manifest and "val" in self.manifest.get("splits", {}):
-            val = dataset_split(self.urls if is_remote(self.urls) else str(Path(self.urls).expanduser()), "val")
+            val = dataset_split(self._dataset_dir, "val", self.manifest)
         self._val_urls = expand_urls(val, "data.val_urls", split="val") if val else []
         self._sizes = {"train": shard_sizes(self._train_urls), "val": shard_sizes(self._val_urls) if self._val_urls else None}
 
@@ -170,17 +170,33 @@ class StreamingDataModule(L.LightningDataModule):
             prefetch_factor=4 if self.num_workers > 0 else None,
         )
 
+    def _stream(self, urls: list[str], sizes: list[int] | None, process: Callable, collate: Callable, **plan: Any) -> ShardStream:
+        """A stream of this rank with the settings every stream shares (rank, workers, seed, error bound)."""
+        rank, world = self._rank_world
+        return ShardStream(
+            urls,
+            sizes,
+            process,
+            collate,
+            world_size=world,
+            rank=rank,
+            num_workers=self.num_workers,
+            seed=self.seed,
+            max_error_rate=self.max_error_rate,
+            **plan,
+        )
+
     def train_stream(self, start_epoch: int = 0, skip_batches: int = 0) -> ShardStream:
         """The training dataset of this rank; ``start_epoch``/``skip_batches`` replay a run from a position."""
         n = self.train_batches_per_rank()
-        rank, world = self._rank_world
+        _, world = self._rank_world
         sizes = self._sizes["train"]
         if self.epoch_mode == "exact" and sizes is None and len(self._train_urls) < world * max(self.num_workers, 1):
             raise ConfigError(
                 f"{len(self._train_urls)} shards cannot be split over {world} ranks x {max(self.num_workers, 1)} workers: "
                 "write more shards, lower data.num_workers, or set data.epoch_mode=resampled"
             )
-        return ShardStream(
+        return self._stream(
             self._train_urls,
             sizes,
             self.train_process(),
@@ -189,14 +205,9 @@ class StreamingDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             batches_per_rank=n,
             items_per_sample=self.items_per_sample,
-            world_size=world,
-            rank=rank,
-            num_workers=self.num_workers,
-            seed=self.seed,
             shuffle_buffer=self.shuffle_buffer,
             start_epoch=start_epoch,
             skip_batches=skip_batches,
-            max_error_rate=self.max_error_rate,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -211,19 +222,7 @@ class StreamingDataModule(L.LightningDataModule):
         urls = {"train": self._train_urls, "val": self._val_urls}[split]
         if not urls:
             raise ConfigError(f"no {split} shards: set data.{'urls' if split == 'train' else 'val_urls'}")
-        rank, world = self._rank_world
-        stream = ShardStream(
-            urls,
-            self._sizes[split],
-            self.eval_process(),
-            default_collate,
-            mode="eval",
-            batch_size=self.val_batch_size,
-            world_size=world,
-            rank=rank,
-            num_workers=self.num_workers,
-            seed=self.seed,
-            limit=limit,
-            max_error_rate=self.max_error_rate,
+        stream = self._stream(
+            urls, self._sizes[split], self.eval_process(), default_collate, mode="eval", batch_size=self.val_batch_size, limit=limit
         )
         return self._loader(stream, persistent=False)

@@ -58,19 +58,28 @@ def read_text(url: str) -> str | None:
         return None
 
 
+def join_url(directory: str, name: str) -> str:
+    """``name`` inside ``directory``: a URL path join for ``scheme://`` URLs, a filesystem join otherwise."""
+    return posixpath.join(directory, name) if "://" in directory else str(Path(directory) / name)
+
+
+def parent_url(url: str) -> str:
+    """The directory holding ``url`` (inverse of :func:`join_url`)."""
+    return posixpath.dirname(url) if "://" in url else str(Path(url).parent)
+
+
 def read_manifest(directory: str) -> dict | None:
-    text = read_text(posixpath.join(directory, MANIFEST) if "://" in directory else str(Path(directory) / MANIFEST))
+    text = read_text(join_url(directory, MANIFEST))
     return json.loads(text) if text else None
 
 
 def _split_urls(directory: str, split: dict) -> list[str]:
-    join = posixpath.join if "://" in directory else (lambda d, n: str(Path(d) / n))
-    return [join(directory, name) for name in braceexpand(split["pattern"])]
+    return [join_url(directory, name) for name in braceexpand(split["pattern"])]
 
 
-def dataset_split(directory: str, split: str) -> list[str] | None:
-    """The shard URLs of ``split`` in a dataset directory with a manifest, or ``None``."""
-    manifest = read_manifest(directory)
+def dataset_split(directory: str, split: str, manifest: dict | None = None) -> list[str] | None:
+    """The shard URLs of ``split`` in a dataset directory with a manifest (read unless given), or ``None``."""
+    manifest = manifest or read_manifest(directory)
     if not manifest or split not in manifest.get("splits", {}):
         return None
     return _split_urls(directory, manifest["splits"][split])
@@ -140,7 +149,7 @@ def count_tar_samples(path: str) -> int:
 def shard_sizes(urls: Sequence[str]) -> list[int] | None:
     """Samples per shard from the manifests beside the shards, else by scanning local tars; ``None`` when unknown."""
     known: dict[str, int] = {}
-    for directory in {posixpath.dirname(u) if "://" in u else str(Path(u).parent) for u in urls if not u.startswith("pipe:")}:
+    for directory in {parent_url(u) for u in urls if not u.startswith("pipe:")}:
         manifest = read_manifest(directory) or {}
         for split in manifest.get("splits", {}).values():
             counts = split.get("shard_samples")

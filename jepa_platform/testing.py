@@ -10,9 +10,11 @@ float32 rounding (Barlow Twins' gradients reach 1e3 on a 16-sample batch, where 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
+import tarfile
 import tempfile
 import warnings
 from pathlib import Path
@@ -176,3 +178,15 @@ def epoch_keys_by_rank(urls: str, world_size: int = 2, epochs: int = 2, **kwargs
     with tempfile.TemporaryDirectory() as out:
         mp.start_processes(_epoch_keys_worker, args=(world_size, _free_port(), urls, kwargs, epochs, out), nprocs=world_size, start_method="spawn")
         return [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(world_size)]
+
+
+def write_tar(path: Path, samples: list[dict[str, Any]]) -> None:
+    """A shard written with plain ``tarfile`` (not the project's writer): ``{"__key__": k, "<field>": bytes, ...}``."""
+    with tarfile.open(path, "w") as tar:
+        for sample in samples:
+            for field, data in sample.items():
+                if field == "__key__":
+                    continue
+                info = tarfile.TarInfo(f"{sample['__key__']}.{field}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))

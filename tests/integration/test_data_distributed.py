@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
 
 import lightning as L
@@ -14,7 +12,7 @@ from torchvision.transforms import v2
 from data_modules import ImageDataModule
 from data_modules.shapes import encode_png, render
 from data_modules.stream import exact_batches_per_rank
-from jepa_platform.testing import epoch_keys_by_rank
+from jepa_platform.testing import epoch_keys_by_rank, write_tar
 
 SHARD_SIZES = [37, 50, 64, 23, 80, 41, 55]  # unequal, as real shards are; 350 samples, no manifest (sizes by tar scan)
 
@@ -24,12 +22,7 @@ def uneven_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("uneven")
     png = encode_png(render(0, "train", 0)[0])
     for s, size in enumerate(SHARD_SIZES):
-        with tarfile.open(root / f"part-{s:02d}.tar", "w") as tar:
-            for i in range(size):
-                for ext, data in (("png", png), ("cls", b"1")):
-                    info = tarfile.TarInfo(f"s{s:02d}-{i:03d}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
+        write_tar(root / f"part-{s:02d}.tar", [{"__key__": f"s{s:02d}-{i:03d}", "png": png, "cls": b"1"} for i in range(size)])
     return root
 
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +15,11 @@ from torchvision.transforms import v2
 
 from data_modules import ImageDataModule, ensure_shapes_dataset, expand_urls
 from data_modules.shapes import CLASSES, encode_png, render
-from data_modules.shards import MANIFEST, write_dataset_atomically
+from data_modules.shards import write_dataset_atomically
 from data_modules.stream import exact_batches_per_rank, worker_batches
-from data_modules.urls import count_tar_samples, shard_sizes
+from data_modules.urls import MANIFEST, count_tar_samples, shard_sizes
 from jepa_platform.errors import ConfigError, DataError
+from jepa_platform.testing import write_tar
 
 TO_FLOAT = v2.ToDtype(torch.float32, scale=True)
 VIEW = v2.Compose([v2.RandomResizedCrop(32, scale=(0.5, 1.0), antialias=True), v2.ToDtype(torch.float32, scale=True)])
@@ -206,17 +205,6 @@ def test_pipe_and_fsspec_urls(tiny_dataset: Path):
 
 
 # -- fault tolerance -------------------------------------------------------------------------------------------
-def _write_tar(path: Path, samples: list[dict]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for s in samples:
-            for ext, data in s.items():
-                if ext == "__key__":
-                    continue
-                info = tarfile.TarInfo(f"{s['__key__']}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-
 def _good_png() -> bytes:
     return encode_png(render(0, "train", 0)[0])
 
@@ -226,7 +214,7 @@ def test_corrupt_sample_truncated_tar_and_missing_shard_are_skipped_and_counted(
     shutil.copytree(tiny_dataset, data)
     samples = [{"__key__": f"bad{i:03d}", "png": _good_png(), "cls": b"1"} for i in range(128)]
     samples[7]["png"] = b"not a png"
-    _write_tar(data / "train-000000.tar", samples)  # 1 corrupt sample
+    write_tar(data / "train-000000.tar", samples)  # 1 corrupt sample
     blob = (data / "train-000001.tar").read_bytes()
     (data / "train-000001.tar").write_bytes(blob[: len(blob) // 2 + 100])  # truncated mid-member
     (data / "train-000002.tar").unlink()  # missing
@@ -243,7 +231,7 @@ def test_corrupt_sample_truncated_tar_and_missing_shard_are_skipped_and_counted(
 
 def test_error_rate_above_the_bound_stops_the_run(tmp_path: Path):
     samples = [{"__key__": f"s{i:04d}", "png": b"garbage" if i % 2 else _good_png(), "cls": b"1"} for i in range(400)]
-    _write_tar(tmp_path / "a.tar", samples)
+    write_tar(tmp_path / "a.tar", samples)
     dm = _dm(tmp_path / "a.tar", batch_size=10, max_error_rate=0.05)
     with pytest.raises(DataError, match=r"samples could not be read.*data.max_error_rate"):
         list(dm.train_dataloader())
@@ -254,7 +242,7 @@ def test_pickle_fields_are_never_decoded(tmp_path: Path):
 
     payload = pickle.dumps({"x": 1})
     samples = [{"__key__": f"s{i:04d}", "pyd": payload, "cls": b"1"} for i in range(300)]
-    _write_tar(tmp_path / "a.tar", samples)
+    write_tar(tmp_path / "a.tar", samples)
     dm = _dm(tmp_path / "a.tar", batch_size=10, max_error_rate=0.0)
     with pytest.raises(DataError, match="no image field"):
         list(dm.train_dataloader())
