@@ -318,29 +318,34 @@ class ShardStream(IterableDataset):
             expected = _samples_needed(worker_batches(self.batches_per_rank, self._workers, role), self.batch_size, self.items_per_sample)
         budget = ErrorBudget(self.max_error_rate, f"rank {self.rank} worker {worker}", expected)
         raw = self._resampled(budget, rng) if self.mode == "resampled" else self._planned(ranges, budget, rng)
+        in_worker = info is not None
+        seeds = (derive_seed(self.seed, epoch, g, 2, n) for n in itertools.count())
         if self.mode == "eval":
-            yield from self._batches(self._items(raw, epoch, g, 0, budget, info is not None), None, budget)
+            yield from self._batches(self._items(raw, epoch, g, 0, budget, in_worker), None, budget, seeds, in_worker)
             return
         count = worker_batches(self.batches_per_rank, self._workers, role)
         skipped = worker_batches(skip, self._workers, role)
-        items = self._items(raw, epoch, g, skipped * self.batch_size, budget, info is not None)
-        yield from self._batches(items, count - skipped, budget)
+        items = self._items(raw, epoch, g, skipped * self.batch_size, budget, in_worker)
+        yield from self._batches(items, count - skipped, budget, itertools.islice(seeds, skipped, None), in_worker)
 
-    def _batches(self, items: Iterator[Any], count: int | None, budget: ErrorBudget) -> Iterator[dict]:
+    def _batches(self, items: Iterator[Any], count: int | None, budget: ErrorBudget, seeds: Iterator[int], in_worker: bool) -> Iterator[dict]:
         if count is not None and count <= 0:
             return
         batch, made = [], 0
         for item in items:
             batch.append(item)
             if len(batch) == self.batch_size:
-                yield self._collate(batch, budget)
+                yield self._collate(batch, budget, next(seeds), in_worker)
                 batch, made = [], made + 1
                 if made == count:
                     return
         if batch and count is None:
-            yield self._collate(batch, budget)
+            yield self._collate(batch, budget, next(seeds), in_worker)
 
-    def _collate(self, batch: list[Any], budget: ErrorBudget) -> dict:
-        out = self.collate(batch)
+    def _collate(self, batch: list[Any], budget: ErrorBudget, seed: int, in_worker: bool) -> dict:
+        # The collate hook may draw random numbers (mask samplers): seeded per batch, so that masks replay exactly
+        # on resume and do not depend on which worker or process assembles the batch.
+        with seeded_torch(seed, in_worker):
+            out = self.collate(batch)
         out["data_skipped"] = torch.tensor(budget.take_unreported())
         return out

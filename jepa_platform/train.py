@@ -162,6 +162,8 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     fill_from_data(cfg, datamodule)
     config = job_config(cfg)
     model = build(cfg.objective, "objective")
+    if hasattr(model, "train_collate") and hasattr(datamodule, "collate"):
+        datamodule.collate = model.train_collate(datamodule.collate)  # e.g. masks drawn in the DataLoader workers
     if ckpt_path is not None:
         check_checkpoint_matches(load_checkpoint(ckpt_path), model, ckpt_path)
 

@@ -10,8 +10,10 @@ import difflib
 from typing import Any
 
 import timm
+import torch
 from torch import Tensor, nn
 
+from jepa_platform.encoders.pos_embed import sincos_1d
 from jepa_platform.errors import ConfigError
 from jepa_platform.registry import register_encoder
 
@@ -36,8 +38,10 @@ def _small_image_stem(model: nn.Module, name: str) -> None:
 class TimmEncoder(nn.Module):
     """Any timm model by name, without classifier (encoder=timm encoder.name=<model>, or a preset in conf/encoder).
 
-    ``forward`` gives pooled features ``(B, D)``, ``forward_tokens`` the token or spatial features ``(B, N, D)``
-    (for masking and hierarchical objectives)."""
+    ``forward`` gives pooled features ``(B, D)``, ``forward_tokens`` the token or spatial features ``(B, N, D)``.
+    ViTs also encode a subset of their patch tokens (masked prediction: the context encoder sees only the visible
+    tokens) and clips ``(B, T, C, H, W)``: each frame is patch-embedded with the ViT's own position embedding, a
+    fixed sin-cos embedding of the frame index is added, and the blocks attend over all frames' tokens at once."""
 
     def __init__(
         self,
@@ -59,7 +63,55 @@ class TimmEncoder(nn.Module):
         self.num_features: int = self.model.num_features
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 5:
+            return self.pool_tokens(self.encode_tokens(self.embed_tokens(x)))
         return self.model(x)
+
+    # -- patch tokens (ViTs) ------------------------------------------------------------------------------------
+    @property
+    def is_vit(self) -> bool:
+        return all(hasattr(self.model, a) for a in ("patch_embed", "blocks", "_pos_embed", "norm", "forward_head"))
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        """Pixels per patch token (height, width)."""
+        if not self.is_vit:
+            raise ConfigError(f"encoder '{self.name}' has no patch tokens: use a ViT (e.g. encoder=vit_tiny or encoder.name=vit_small_patch16_224)")
+        return tuple(self.model.patch_embed.patch_size)  # type: ignore[return-value]
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(getattr(self.model, "num_prefix_tokens", 0))
+
+    def embed_tokens(self, x: Tensor) -> Tensor:
+        """Images ``(B, C, H, W)`` or clips ``(B, T, C, H, W)`` -> prefix tokens then patch tokens ``(B, P + T*N, D)``,
+        position-embedded, before the blocks."""
+        self.patch_size  # noqa: B018 (raises for non-ViTs)
+        m, prefix = self.model, self.num_prefix_tokens
+        if x.dim() == 4:
+            return m._pos_embed(m.patch_embed(x))
+        batch, frames = x.shape[:2]
+        tokens = m._pos_embed(m.patch_embed(x.flatten(0, 1))).unflatten(0, (batch, frames))  # (B, T, P+N, D)
+        time = sincos_1d(torch.arange(frames, device=x.device), tokens.shape[-1]).to(tokens.dtype)
+        patches = (tokens[:, :, prefix:] + time[None, :, None]).flatten(1, 2)
+        return torch.cat([tokens[:, 0, :prefix], patches], dim=1)
+
+    def encode_tokens(self, tokens: Tensor, keep: Tensor | None = None) -> Tensor:
+        """Run the blocks on the prefix tokens and the patch tokens at ``keep`` ``(B, K)`` (all if ``None``)."""
+        m, prefix = self.model, self.num_prefix_tokens
+        patches = tokens[:, prefix:]
+        if keep is not None:
+            patches = patches.gather(1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+        x = m.norm_pre(torch.cat([tokens[:, :prefix], patches], dim=1))
+        return m.norm(m.blocks(x))
+
+    def pool_tokens(self, encoded: Tensor) -> Tensor:
+        """Pooled features ``(B, D)`` of encoded tokens (with prefix), by the model's own head (avg, cls token...)."""
+        return self.model.forward_head(encoded, pre_logits=True)
+
+    def patch_features(self, encoded: Tensor) -> Tensor:
+        """The patch-token part ``(B, N, D)`` of encoded tokens."""
+        return encoded[:, self.num_prefix_tokens :]
 
     def forward_tokens(self, x: Tensor) -> Tensor:
         """Unpooled features as a sequence: ViT patch tokens (prefix tokens dropped) or CNN feature-map cells."""

@@ -166,3 +166,26 @@ def multiview_invariance(embeddings: Tensor, num_global: int | None = None) -> T
         raise ValueError(f"embeddings must be (V, N, D) with V >= 2 views, got {tuple(embeddings.shape)}")
     centre = embeddings[: num_global or embeddings.shape[0]].mean(dim=0)
     return (embeddings - centre).pow(2).mean()
+
+
+PREDICTION_LOSSES = ("smooth_l1", "l2", "l1")
+
+
+def masked_prediction(pred: Tensor, target: Tensor, kind: str = "smooth_l1") -> Tensor:
+    """Mean distance between predicted and target token representations (the JEPA energy of observed pairs).
+
+    ``kind``: ``smooth_l1`` (I-JEPA, beta = 1), ``l2`` (mean squared error) or ``l1`` (V-JEPA)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"predictions {tuple(pred.shape)} and targets {tuple(target.shape)} must have the same shape")
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(pred, target)
+    if kind == "l2":
+        return F.mse_loss(pred, target)
+    if kind == "l1":
+        return F.l1_loss(pred, target)
+    raise ValueError(f"prediction loss {kind!r} is not one of {', '.join(PREDICTION_LOSSES)}")
+
+
+def normalised_targets(h: Tensor) -> Tensor:
+    """Target representations layer-normalised over features, without affine parameters (I-JEPA)."""
+    return F.layer_norm(h, h.shape[-1:])

@@ -1,0 +1,68 @@
+"""The EMA target encoder's update, as a callback: momentum schedule and position survive checkpoints.
+
+After every optimiser step the objective's target moves toward the online weights,
+``target <- m * target + (1 - m) * online``, with ``m`` rising linearly from ``momentum_start`` to
+``momentum_end`` over the run's optimiser steps (I-JEPA: 0.996 -> 1.0). The position in the schedule is the
+Trainer's ``global_step``, which checkpoints restore; the callback also stores the last step it applied, so a
+resumed run neither repeats nor skips an update. Under gradient accumulation it updates once per optimiser step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+
+def momentum_at(step: int, total_steps: int, start: float, end: float) -> float:
+    """Linear schedule from ``start`` (step 0) to ``end`` (step ``total_steps``), constant afterwards."""
+    return start + (end - start) * min(step / max(total_steps, 1), 1.0)
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """``target <- momentum * target + (1 - momentum) * online`` for every parameter; buffers are copied.
+
+    Works on local shards as well (FSDP2 DTensors pair up shard by shard): no communication."""
+    t_params, o_params = list(target.parameters()), list(online.parameters())
+    if len(t_params) != len(o_params):
+        raise ValueError(f"target has {len(t_params)} parameters, online {len(o_params)}: the target must be a copy of the online module")
+    torch._foreach_mul_(t_params, momentum)
+    torch._foreach_add_(t_params, [p.detach() for p in o_params], alpha=1.0 - momentum)
+    for t_buf, o_buf in zip(target.buffers(), online.buffers(), strict=True):
+        t_buf.copy_(o_buf)
+
+
+class EMATargetUpdate(Callback):
+    """Calls ``pl_module.update_target(momentum)`` after each optimiser step and logs ``train/ema_momentum``."""
+
+    def __init__(self, momentum_start: float = 0.996, momentum_end: float = 1.0) -> None:
+        if not 0.0 <= momentum_start <= momentum_end <= 1.0:
+            raise ValueError(f"EMA momentum must satisfy 0 <= start ({momentum_start}) <= end ({momentum_end}) <= 1")
+        self.start, self.end = momentum_start, momentum_end
+        self.last_step = 0
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(momentum_start=self.start, momentum_end=self.end)
+
+    def momentum(self, trainer: L.Trainer, step: int) -> float:
+        return momentum_at(step, int(trainer.estimated_stepping_batches), self.start, self.end)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == self.last_step:  # accumulating gradients: no optimiser step yet
+            return
+        momentum = self.momentum(trainer, step - 1)
+        pl_module.update_target(momentum)
+        self.last_step = step
+        pl_module.log("train/ema_momentum", momentum, batch_size=1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_step": self.last_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_step = int(state_dict["last_step"])

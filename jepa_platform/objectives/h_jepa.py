@@ -1,0 +1,303 @@
+"""H-JEPA: a stack of JEPAs, each encoding the representations of the level below and predicting further ahead.
+
+Levels (configurable, two or more; ``levels[0]`` is level 1):
+
+- **Level 1** is the ViT encoder's patch-token grid ``(T, H, W)`` (``T = 1`` for images). It predicts
+  fine-grained representations over a short range: on images, small target blocks (default 3-6% of the grid,
+  context = everything else, so each block is predicted from its immediate neighbours); on clips, the next
+  frame(s) (``horizon`` 1) from the frames before a cut.
+- **Level k >= 2** sees level k-1's representations pooled over cells of ``pool = (t, h, w)`` tokens (larger
+  regions; on clips also longer windows of frames; ``t`` is ignored on images), and encodes them with its own
+  small transformer (fixed sin-cos positions on its coarser grid). It predicts further ahead: large target blocks
+  on images (a quarter of the image side and more, from a context block), and on clips ``horizon`` *windows*
+  after the cut, i.e. ``horizon x t`` frames and more ahead of the context.
+
+Each level has an online encoder, an EMA target copy, and its own narrow predictor; its loss is the distance between
+predicted and layer-normalised target representations at its target positions (``level{k}/energy``).
+
+What each level sees, without leaking the targets: the level-k context path takes the level-k context cells,
+expands them to the level-1 tokens they cover, runs the *online* level-1 encoder on those tokens only, and pools
+and encodes upwards through levels 2..k. The level-k targets come from the *target* stack run on the whole input:
+EMA level 1 on all tokens, pooled, EMA level 2 on all cells, and so on.
+
+How the levels train together: one optimiser step on ``sum_k weight_k * level{k}/energy`` (+ optional regularisers).
+Level k's loss trains its predictor and encoder and, through its context path, the online encoders of every level
+below (with ``detach_levels=false``, the default: the lower levels learn to serve longer-range prediction too); with
+``detach_levels=true`` the inputs of level k are detached, so each level trains only on its own loss (greedy
+stacking). No gradient reaches any target encoder; the EMA callback moves all of them after each step.
+
+Representation (probes, kNN, ``jepa eval``): the concatenation of every level's pooled features from the target
+stack (``eval_encoder=context``: the online stack). Metrics besides DESIGN.md's: ``level{k}/energy`` and
+``level{k}/rank`` (RankMe of the level's pooled training-batch features), and on validation
+``val/level{k}/probe_acc``, ``val/level{k}/energy`` (masks drawn from a fixed seed) and ``val/level{k}/rank``.
+``train/energy`` is the sum of the level energies.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from jepa_platform.encoders.pos_embed import sincos_grid
+from jepa_platform.encoders.predictor import MaskedPredictor
+from jepa_platform.errors import ConfigError
+from jepa_platform.losses.functional import LossOutput, masked_prediction, normalised_targets
+from jepa_platform.masking.collate import MaskPlan, effective_pool, model_input
+from jepa_platform.masking.samplers import FutureMaskSampler, Grid, MultiBlockMaskSampler
+from jepa_platform.metrics.embedding import EmbeddingStats, effective_rank
+from jepa_platform.objectives.base import BANK_LOADER
+from jepa_platform.objectives.masked import MaskedJEPA, gather_tokens
+from jepa_platform.optim import OptimizerFactory
+from jepa_platform.registry import register_objective
+
+Pool = tuple[int, int, int]
+
+
+@dataclass
+class Level:
+    """One level of the hierarchy (see module docstring); level 1's ``pool``, ``dim``, ``depth`` and ``heads`` are
+    the encoder's own and ignored."""
+
+    pool: Sequence[int] = (1, 1, 1)
+    dim: int = 192
+    depth: int = 2
+    heads: int = 4
+    predictor_dim: int = 96
+    predictor_depth: int = 2
+    predictor_heads: int = 4
+    weight: float = 1.0
+    image_mask: dict[str, Any] = field(default_factory=dict)
+    clip_mask: dict[str, Any] = field(default_factory=dict)
+
+
+#: defaults: level 1 short range (small blocks, next frame), level 2 long range on 2x2x2 cells
+DEFAULT_LEVELS = (
+    {"image_mask": {"num_targets": 4, "target_scale": [0.03, 0.06], "context_scale": None}, "clip_mask": {"horizon": 1}},
+    {"pool": [2, 2, 2], "image_mask": {"num_targets": 2, "target_scale": [0.15, 0.25]}, "clip_mask": {"horizon": 1}},
+)
+
+
+class LevelEncoder(nn.Module):
+    """Encoder of a level >= 2: pooled lower-level features -> width ``dim`` + sin-cos position -> transformer."""
+
+    def __init__(self, in_dim: int, dim: int, depth: int, heads: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.embed = nn.Linear(in_dim, dim)
+        self.blocks = nn.Sequential(*(Block(dim, heads, 4.0, qkv_bias=True) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, positions: Tensor, grid: Grid) -> Tensor:
+        pos = sincos_grid(grid, self.dim, x.device).to(x.dtype)[positions]
+        return self.norm(self.blocks(self.embed(x) + pos))
+
+
+def pool_grid(x: Tensor, grid: Grid, pool: Pool) -> Tensor:
+    """Average ``(B, T*H*W, D)`` tokens over cells of ``pool`` -> ``(B, cells, D)`` in the coarse grid's flat order."""
+    (t, h, w), (pt, ph, pw) = grid, pool
+    return x.view(x.shape[0], t // pt, pt, h // ph, ph, w // pw, pw, x.shape[-1]).mean(dim=(2, 4, 6)).flatten(1, 3)
+
+
+def cell_children(cells: Tensor, coarse: Grid, pool: Pool) -> Tensor:
+    """Flat fine-grid indices of the tokens in each coarse cell, cell by cell: ``(B, n) -> (B, n * prod(pool))``."""
+    _, h2, w2 = coarse
+    pt, ph, pw = pool
+    t, h, w = cells // (h2 * w2), (cells // w2) % h2, cells % w2
+    dt, dh, dw = (g.flatten().to(cells.device) for g in torch.meshgrid(torch.arange(pt), torch.arange(ph), torch.arange(pw), indexing="ij"))
+    fine_h, fine_w = h2 * ph, w2 * pw
+    ft, fh, fw = t[..., None] * pt + dt, h[..., None] * ph + dh, w[..., None] * pw + dw
+    return (ft * fine_h * fine_w + fh * fine_w + fw).flatten(1)
+
+
+@register_objective("h_jepa")
+class HJEPA(MaskedJEPA):
+    """H-JEPA: two or more stacked JEPA levels predicting at growing range and abstraction (see module docstring).
+
+    Args:
+        encoder, optimizer: the level-1 ViT and a partial optimiser.
+        levels: one mapping per level with :class:`Level` fields (default :data:`DEFAULT_LEVELS`).
+        detach_levels: stop gradients between levels (each level trains on its own loss only).
+        **kwargs: :class:`~jepa_platform.objectives.masked.MaskedJEPA` arguments and the common ones.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        optimizer: OptimizerFactory,
+        levels: Sequence[Mapping[str, Any]] = DEFAULT_LEVELS,
+        detach_levels: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        specs = [_level(i, spec) for i, spec in enumerate(levels)]
+        if len(specs) < 2:
+            raise ConfigError(f"h_jepa needs at least 2 levels, got {len(specs)}: add an entry to objective.levels")
+        dims = [int(encoder.num_features)] + [s.dim for s in specs[1:]]
+        super().__init__(encoder, optimizer, feature_dim=sum(dims), **kwargs)
+        self.specs, self.dims = specs, dims
+        self.levels = nn.ModuleList(LevelEncoder(dims[k - 1], dims[k], s.depth, s.heads) for k, s in enumerate(specs) if k > 0)
+        self.target_levels = copy.deepcopy(self.levels).requires_grad_(False)
+        self.predictors = nn.ModuleList(
+            MaskedPredictor(d, s.predictor_dim, s.predictor_depth, s.predictor_heads) for d, s in zip(dims, specs, strict=True)
+        )
+        self.plans = {
+            f"level{k + 1}": MaskPlan(
+                MultiBlockMaskSampler(**s.image_mask),
+                FutureMaskSampler(**s.clip_mask),
+                tuple(math.prod(p) for p in zip(*(t.pool for t in specs[: k + 1]), strict=True)),
+            )
+            for k, s in enumerate(specs)
+        }
+        if self.num_classes:
+            self.level_probes = nn.ModuleList(nn.Linear(d, self.num_classes) for d in dims)
+            self.val_level_acc = nn.ModuleList(MulticlassAccuracy(self.num_classes, average="micro") for _ in dims)
+        self.val_level_energy = nn.ModuleList(MeanMetric() for _ in dims)
+        self.val_level_stats = nn.ModuleList(EmbeddingStats(d, self.hparams.dead_threshold) for d in dims)
+
+    # -- structure ------------------------------------------------------------------------------------------------
+    def online_modules(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.target, self.encoder), (self.target_levels, self.levels)]
+
+    def mask_plans(self) -> dict[str, MaskPlan]:
+        return self.plans
+
+    def level_pools(self, frames: int) -> list[Pool]:
+        return [effective_pool(s.pool, frames) for s in self.specs]
+
+    def level_grids(self, x: Tensor) -> list[Grid]:
+        grids = [self.grid(x)]
+        for pool in self.level_pools(grids[0][0])[1:]:
+            grids.append(MaskPlan(None, None, pool).grid(grids[-1]))
+        return grids
+
+    # -- forward passes -------------------------------------------------------------------------------------------
+    def stack(self, x: Tensor, online: bool = False) -> list[Tensor]:
+        """Every level's representation of the whole input, ``[(B, cells_k, D_k)]`` (target stack by default)."""
+        level1, upper = (self.encoder, self.levels) if online else (self.target, self.target_levels)
+        grids, pools = self.level_grids(x), self.level_pools(self.grid(x)[0])
+        reps = [level1.patch_features(level1.encode_tokens(level1.embed_tokens(x)))]
+        for k, encoder in enumerate(upper, start=1):
+            cells = pool_grid(reps[-1], grids[k - 1], pools[k])
+            positions = torch.arange(cells.shape[1], device=x.device).expand(x.shape[0], -1)
+            reps.append(encoder(cells, positions, grids[k]))
+        return reps
+
+    def pooled(self, reps: list[Tensor]) -> list[Tensor]:
+        return [r.mean(dim=1) for r in reps]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Concatenated pooled features of every level ``(B, sum of level widths)``."""
+        return torch.cat(self.pooled(self.stack(x, online=self.hparams.eval_encoder == "context")), dim=1)
+
+    def level_context(self, k: int, tokens: Tensor, context: Tensor, grids: list[Grid], pools: list[Pool]) -> Tensor:
+        """Online level-k representations ``(B, n, D_k)`` of the level-k context cells, computed from the level-1
+        tokens they cover only (see module docstring)."""
+        indices = [context]
+        for j in range(k, 0, -1):
+            indices.insert(0, cell_children(indices[0], grids[j], pools[j]))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and (k == 0 or not self.hparams.detach_levels)):
+            h = self.encoder.patch_features(self.encoder.encode_tokens(tokens, indices[0]))
+        for j in range(1, k + 1):
+            h = h.unflatten(1, (indices[j].shape[1], -1)).mean(dim=2)
+            if self.hparams.detach_levels:
+                h = h.detach()
+            h = self.levels[j - 1](h, indices[j], grids[j])
+        return h
+
+    def level_energies(self, x: Tensor, masks: Mapping[str, Any], targets: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+        """Each level's prediction loss against ``targets`` (the target stack's representations), and the pooled
+        level-1 context features (for the optional regularisers)."""
+        grids, pools = self.level_grids(x), self.level_pools(self.grid(x)[0])
+        tokens = self.encoder.embed_tokens(x)
+        energies, context_features = [], None
+        for k in range(len(self.specs)):
+            m = masks[f"level{k + 1}"]
+            ctx = self.level_context(k, tokens, m.context, grids, pools)
+            pred = self.predictors[k](ctx, m.context, m.targets, grids[k])
+            energies.append(masked_prediction(pred, gather_tokens(normalised_targets(targets[k]), m.targets), self.hparams.loss))
+            context_features = ctx.mean(dim=1) if k == 0 else context_features
+        return energies, context_features
+
+    # -- training -------------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        x = model_input(batch)
+        masks = self.batch_masks(batch, x)
+        with torch.no_grad():
+            reps = self.stack(x)
+            pooled = self.pooled(reps)
+        energies, context_features = self.level_energies(x, masks, reps)
+        terms = {f"level{k + 1}": e for k, e in enumerate(energies)}
+        total = sum(s.weight * e for s, e in zip(self.specs, energies, strict=True))
+        regs, regularisation = self.regularisers(context_features)
+        bs = x.shape[0]
+        out = LossOutput(total + regularisation, {**terms, **regs})
+        self.log_loss(out, sum(e.detach() for e in energies), bs)
+        for k, (e, p) in enumerate(zip(energies, pooled, strict=True), start=1):
+            self.log(f"level{k}/energy", e, batch_size=bs, sync_dist=True)
+            if self.stats_due():
+                self.log(f"level{k}/rank", effective_rank(p), batch_size=bs)
+        features = torch.cat(pooled, dim=1)
+        self.log_stats({"repr": features, "emb": normalised_targets(reps[0]).flatten(0, 1)}, bs)
+        loss = out.total
+        probe_loss = self.probe_loss(batch, features)
+        if probe_loss is not None:
+            level_ce = sum(F.cross_entropy(probe(p), batch["label"]) for probe, p in zip(self.level_probes, pooled, strict=True))
+            loss = loss + probe_loss + level_ce
+        return loss
+
+    # -- validation -----------------------------------------------------------------------------------------------
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if dataloader_idx == BANK_LOADER:
+            return super().validation_step(batch, batch_idx, dataloader_idx)
+        x = model_input(batch)
+        reps = self.stack(x, online=self.hparams.eval_encoder == "context")
+        pooled = self.pooled(reps)
+        features = torch.cat(pooled, dim=1)
+        self.val_repr_stats.update(features)
+        labels = batch.get("label")
+        if self.num_classes and labels is not None:
+            self.val_probe_acc.update(self.probe(features), labels)
+            self.val_knn_acc.update(features, labels, bank=False)
+            for probe, acc, p in zip(self.level_probes, self.val_level_acc, pooled, strict=True):
+                acc.update(probe(p), labels)
+        targets = reps if self.hparams.eval_encoder == "target" else self.stack(x)
+        energies, _ = self.level_energies(x, self.batch_masks(batch, x, seed=batch_idx), targets)
+        for k, e in enumerate(energies):
+            self.val_level_energy[k].update(e, x.shape[0])
+            self.val_level_stats[k].update(pooled[k])
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            for k in range(len(self.specs)):
+                self.log(f"val/level{k + 1}/energy", self.val_level_energy[k].compute())
+                if self.val_level_stats[k].n > 1 or self.trainer.world_size > 1:
+                    self.log(f"val/level{k + 1}/rank", self.val_level_stats[k].compute()["rank"])
+                if self.num_classes:
+                    self.log(f"val/level{k + 1}/probe_acc", self.val_level_acc[k].compute())
+        for metrics in (self.val_level_energy, self.val_level_stats, *([self.val_level_acc] if self.num_classes else [])):
+            for metric in metrics:
+                metric.reset()
+        super().on_validation_epoch_end()
+
+
+def _level(index: int, spec: Mapping[str, Any] | Level) -> Level:
+    if isinstance(spec, Level):
+        return spec
+    try:
+        level = Level(**dict(spec))
+    except TypeError as exc:
+        raise ConfigError(f"objective.levels[{index}]: {exc}: the fields are {', '.join(Level.__dataclass_fields__)}") from exc
+    if len(level.pool) != 3 or min(level.pool) < 1:
+        raise ConfigError(f"objective.levels[{index}].pool={list(level.pool)} must be three positive integers (time, height, width)")
+    if index == 0:
+        level.pool = (1, 1, 1)
+    return level

@@ -1,0 +1,172 @@
+"""Shared machinery of the masked-prediction JEPAs (``ema_jepa``, ``h_jepa``): a ViT context encoder that sees only
+visible tokens, its EMA copy as target encoder, masks sampled in DataLoader workers, optional regularisers.
+
+The target encoder is a deep copy of the online encoder with ``requires_grad=False``; it never enters the
+optimiser and moves only through :meth:`MaskedJEPA.update_target`, which the :class:`EMATargetUpdate` callback
+(returned by :meth:`configure_callbacks`, so it is always present) calls after every optimiser step. Both are
+ordinary submodules, so checkpoints hold the target and resume restores it.
+
+Masks: :meth:`train_collate` wraps the DataModule's collate with a :class:`MaskCollate` over this objective's
+:class:`MaskPlan` s, so masks are drawn in the workers. A batch without masks (a custom DataModule that drops the
+hook) gets them drawn in the training step instead, with a warning; validation draws them from a generator
+seeded by the batch index, so validation energies compare across epochs.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from jepa_platform.callbacks.ema import EMATargetUpdate, ema_update
+from jepa_platform.distributed import gather_with_grad
+from jepa_platform.errors import ConfigError
+from jepa_platform.losses.functional import PREDICTION_LOSSES, covariance, random_directions, sigreg, variance
+from jepa_platform.masking.collate import MaskCollate, MaskPlan, sample_masks, token_grid
+from jepa_platform.masking.samplers import Grid, Masks
+from jepa_platform.objectives.base import SelfSupervisedObjective
+from jepa_platform.optim import OptimizerFactory
+
+EVAL_ENCODERS = ("target", "context")
+
+
+def gather_tokens(tokens: Tensor, index: Tensor) -> Tensor:
+    """``tokens (B, N, D)`` at ``index (B, ...)`` -> ``(B, ..., D)``."""
+    flat = index.flatten(1)
+    picked = tokens.gather(1, flat.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+    return picked.unflatten(1, index.shape[1:])
+
+
+class MaskedJEPA(SelfSupervisedObjective):
+    """Base of the masked-prediction JEPAs (see module docstring).
+
+    Args:
+        encoder: a ViT :class:`~jepa_platform.encoders.TimmEncoder` (patch tokens); the context encoder.
+        optimizer: partial optimiser.
+        loss: prediction distance: ``smooth_l1`` (I-JEPA), ``l2`` or ``l1`` (V-JEPA).
+        momentum_start, momentum_end: EMA momentum schedule of the target encoder over the run.
+        eval_encoder: representation for probes, kNN and ``jepa eval``: ``target`` (I-JEPA evaluates its target
+            encoder) or ``context``.
+        var_weight, cov_weight: optional VICReg variance / covariance terms on the pooled context features
+            (gathered over ranks); 0 disables.
+        sigreg_weight, sigreg_slices: optional SIGReg on the pooled context features; 0 disables.
+        **kwargs: :class:`SelfSupervisedObjective` arguments (num_classes, weight_decay, warmup...).
+    """
+
+    accepts_clips = True
+    needs_token_encoder = True
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        optimizer: OptimizerFactory,
+        loss: str = "smooth_l1",
+        momentum_start: float = 0.996,
+        momentum_end: float = 1.0,
+        eval_encoder: str = "target",
+        var_weight: float = 0.0,
+        cov_weight: float = 0.0,
+        sigreg_weight: float = 0.0,
+        sigreg_slices: int = 256,
+        **kwargs: Any,
+    ) -> None:
+        if not getattr(encoder, "is_vit", False):
+            name = getattr(encoder, "name", type(encoder).__name__)
+            raise ConfigError(
+                f"{type(self).__name__} needs a ViT encoder with patch tokens, got '{name}': add encoder=vit_tiny "
+                "(or encoder=timm encoder.name=vit_small_patch16_224 encoder.model_kwargs.img_size=...)"
+            )
+        if "projector_dims" in kwargs:
+            raise ConfigError(
+                f"{type(self).__name__} has no projector: drop objective.projector_dims (for a quick run use debug=fast_vit, not debug=fast)"
+            )
+        if loss not in PREDICTION_LOSSES:
+            raise ConfigError(f"objective.loss={loss!r} is not one of {', '.join(PREDICTION_LOSSES)}")
+        if eval_encoder not in EVAL_ENCODERS:
+            raise ConfigError(f"objective.eval_encoder={eval_encoder!r} is not one of {', '.join(EVAL_ENCODERS)}")
+        super().__init__(encoder, optimizer, **kwargs)
+        EMATargetUpdate(momentum_start, momentum_end)  # validate the schedule now
+        # Masked prediction trains the tokens, not timm's pooling head (fc_norm, attention pool): freeze it, so that
+        # it stays what it was initialised to instead of being left out of the gradient silently.
+        for name in ("fc_norm", "attn_pool"):
+            head = getattr(encoder.model, name, None)
+            if isinstance(head, nn.Module):
+                head.requires_grad_(False)
+        self.target = copy.deepcopy(encoder).requires_grad_(False)
+        self.patch_size = tuple(encoder.patch_size)
+        self._warned_masks = False
+
+    # -- target encoder -------------------------------------------------------------------------------------------
+    def online_modules(self) -> list[tuple[nn.Module, nn.Module]]:
+        """``(target, online)`` pairs that the EMA update moves; subclasses with more levels extend it."""
+        return [(self.target, self.encoder)]
+
+    def update_target(self, momentum: float) -> None:
+        for target, online in self.online_modules():
+            ema_update(target, online, momentum)
+
+    def configure_callbacks(self) -> list:
+        return [EMATargetUpdate(self.hparams.momentum_start, self.hparams.momentum_end)]
+
+    def train(self, mode: bool = True) -> MaskedJEPA:
+        super().train(mode)
+        for target, _ in self.online_modules():
+            target.eval()  # no dropout / drop-path in the targets
+        return self
+
+    # -- masks ----------------------------------------------------------------------------------------------------
+    def mask_plans(self) -> dict[str, MaskPlan]:
+        raise NotImplementedError
+
+    def train_collate(self, inner: Callable[[list[Any]], dict]) -> Callable[[list[Any]], dict]:
+        return MaskCollate(self.mask_plans(), self.patch_size, inner)
+
+    def grid(self, x: Tensor) -> Grid:
+        return token_grid(x, self.patch_size)
+
+    def batch_masks(self, batch: Mapping[str, Any], x: Tensor, seed: int | None = None) -> dict[str, Masks]:
+        """The batch's masks (from the workers), else drawn here (seeded by ``seed`` if given)."""
+        found = batch.get("masks")
+        if found is None:
+            if seed is None and not self._warned_masks:
+                warnings.warn(
+                    "batch has no masks: drawing them in the training step (install objective.train_collate as the data collate)", stacklevel=2
+                )
+                self._warned_masks = True
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
+            found = sample_masks(self.mask_plans(), self.grid(x), x.shape[0], generator)
+        return {name: Masks(m["context"].to(x.device), m["targets"].to(x.device)) for name, m in found.items()}
+
+    # -- representation -------------------------------------------------------------------------------------------
+    @property
+    def eval_module(self) -> nn.Module:
+        return self.target if self.hparams.eval_encoder == "target" else self.encoder
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Pooled features ``(B, D)`` of images or clips from the evaluation encoder (target by default)."""
+        return self.eval_module(x)
+
+    # -- optional regularisers ------------------------------------------------------------------------------------
+    def regularisers(self, pooled: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """Unweighted terms and their weighted sum on pooled context features ``(B, D)``, over the global batch."""
+        hp = self.hparams
+        terms: dict[str, Tensor] = {}
+        total = pooled.new_zeros(())
+        if hp.var_weight or hp.cov_weight or hp.sigreg_weight:
+            z = gather_with_grad(pooled)
+            if hp.var_weight:
+                terms["variance"] = variance(z)
+                total = total + hp.var_weight * terms["variance"]
+            if hp.cov_weight:
+                terms["covariance"] = covariance(z)
+                total = total + hp.cov_weight * terms["covariance"]
+            if hp.sigreg_weight:
+                generator = torch.Generator(device=z.device).manual_seed(self.global_step)
+                directions = random_directions(z.shape[-1], hp.sigreg_slices, generator, z.device).to(z.dtype)
+                terms["sigreg"] = sigreg(z, directions)
+                total = total + hp.sigreg_weight * terms["sigreg"]
+        return terms, total
