@@ -1,8 +1,16 @@
 """WebDataset DataModules (images, sequences), the shard writer and converter, and the built-in dataset."""
 
-from data_modules.builtin import ShapesDataModule, ensure_shapes_dataset
+from data_modules.builtin import MovingShapesDataModule, ShapesDataModule, ensure_moving_shapes_dataset, ensure_shapes_dataset
 from data_modules.images import ImageDataModule
 from data_modules.sequences import SequenceDataModule
 from data_modules.urls import expand_urls
 
-__all__ = ["ImageDataModule", "SequenceDataModule", "ShapesDataModule", "ensure_shapes_dataset", "expand_urls"]
+__all__ = [
+    "ImageDataModule",
+    "MovingShapesDataModule",
+    "SequenceDataModule",
+    "ShapesDataModule",
+    "ensure_moving_shapes_dataset",
+    "ensure_shapes_dataset",
+    "expand_urls",
+]

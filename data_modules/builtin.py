@@ -1,4 +1,4 @@
-"""The built-in dataset as shards in a cache directory, generated on first use (no download)."""
+"""The built-in datasets (shape images, moving-shapes videos) as shards in a cache directory, generated on first use."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import os
 import time
 from pathlib import Path
 
-from data_modules import shapes
+from data_modules import moving_shapes, shapes
 from data_modules.images import ImageDataModule
+from data_modules.sequences import SequenceDataModule, write_episodes
 from data_modules.shards import shard_pattern, write_dataset_atomically, write_split
+from data_modules.urls import MANIFEST
+from jepa_platform.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +79,67 @@ class ShapesDataModule(ImageDataModule):
 
     def prepare_data(self) -> None:
         ensure_shapes_dataset(self.root, samples_per_shard=self.samples_per_shard, **self.gen)
+
+
+def moving_shapes_dir(root: str | os.PathLike, seed: int, num_train: int, num_val: int, image_size: int, length: int) -> Path:
+    return Path(root).expanduser() / f"moving-shapes-{moving_shapes.VERSION}-seed{seed}-{num_train}-{num_val}-{image_size}px-{length}f"
+
+
+def ensure_moving_shapes_dataset(
+    root: str | os.PathLike,
+    seed: int = 0,
+    num_train: int = 4000,
+    num_val: int = 1000,
+    image_size: int = 32,
+    length: int = 16,
+    episodes_per_shard: int = 250,
+) -> Path:
+    """Generate the moving-shapes video dataset under ``root`` once (PNG frames); later calls return at once."""
+    target = moving_shapes_dir(root, seed, num_train, num_val, image_size, length)
+    if (target / MANIFEST).is_file():
+        return target
+    start = time.perf_counter()
+    log.info("generating the built-in moving-shapes videos into %s", target)
+    splits = {
+        split: (moving_shapes.episode(seed, split, i, image_size, length) for i in range(n)) for split, n in (("train", num_train), ("val", num_val))
+    }
+    write_episodes(target, splits, episodes_per_shard, frame_format="png", classes=moving_shapes.CLASSES)
+    log.info("generated %d episodes in %.1fs", num_train + num_val, time.perf_counter() - start)
+    return target
+
+
+class MovingShapesDataModule(SequenceDataModule):
+    """The built-in moving-shapes videos (see :mod:`data_modules.moving_shapes`), written as shards on first use;
+    clips are labelled by shape class (``label_key=label``) or motion direction (``label_key=motion``).
+    ``samples_per_shard`` counts episodes (the name matches the shapes dataset, so ``debug`` configs fit both)."""
+
+    def __init__(
+        self,
+        root: str | None = None,
+        dataset_seed: int = 0,
+        num_train: int = 4000,
+        num_val: int = 1000,
+        image_size: int = 32,
+        length: int = 16,
+        samples_per_shard: int = 250,
+        label_key: str = "label",
+        **kwargs,
+    ) -> None:
+        self.root = Path(root).expanduser() if root else default_cache_dir()
+        self.gen = {"seed": dataset_seed, "num_train": num_train, "num_val": num_val, "image_size": image_size, "length": length}
+        self.samples_per_shard = samples_per_shard
+        if label_key not in moving_shapes.CLASSES:
+            raise ConfigError(f"data.label_key={label_key!r}: the moving-shapes episodes are labelled by {' or '.join(moving_shapes.CLASSES)}")
+        if kwargs.get("num_classes") is None:
+            kwargs["num_classes"] = len(moving_shapes.CLASSES[label_key])
+        directory = moving_shapes_dir(self.root, **self.gen)
+        super().__init__(
+            urls=shard_pattern(directory, "train", -(-num_train // samples_per_shard)),
+            val_urls=shard_pattern(directory, "val", -(-num_val // samples_per_shard)),
+            image_size=image_size,
+            label_key=label_key,
+            **kwargs,
+        )
+
+    def prepare_data(self) -> None:
+        ensure_moving_shapes_dataset(self.root, episodes_per_shard=self.samples_per_shard, **self.gen)

@@ -100,13 +100,3 @@ class ImageDataModule(StreamingDataModule):
         if self.eval_transform is None:
             raise ConfigError("data.eval_transform is required for evaluation: set it (e.g. ToDtype + Normalize)")
         return ImageEval(self.eval_transform, self.label_key)
-
-    def val_dataloader(self) -> list:
-        """Loader 0: validation split; loader 1: labelled kNN bank from the training shards (if labelled)."""
-        self.setup("validate")
-        if not self._val_urls:
-            return []
-        loaders = [self.eval_dataloader("val")]
-        if self.knn_bank_size > 0 and self.label_key:
-            loaders.append(self.eval_dataloader("train", limit=self.knn_bank_size))
-        return loaders

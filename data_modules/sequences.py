@@ -55,9 +55,16 @@ def episode_sample(index: int, episode: dict, frame_format: str = "npy", quality
 
 
 def write_episodes(
-    out_dir: str | Path, splits: dict[str, Iterable[dict]], episodes_per_shard: int = 64, frame_format: str = "npy", quality: int = 95
+    out_dir: str | Path,
+    splits: dict[str, Iterable[dict]],
+    episodes_per_shard: int = 64,
+    frame_format: str = "npy",
+    quality: int = 95,
+    classes: dict[str, list[str]] | None = None,
 ) -> dict:
-    """Write episodes per split (``{"train": iterable, "val": iterable}``) as shards with a manifest, atomically."""
+    """Write episodes per split (``{"train": iterable, "val": iterable}``) as shards with a manifest, atomically.
+
+    ``classes`` names the values of integer metadata labels (``{"label": [...]}``) for the manifest."""
 
     def write(tmp: Path) -> dict:
         entries = {}
@@ -66,7 +73,7 @@ def write_episodes(
             for i, episode in enumerate(episodes):
                 sink.write(episode_sample(i, episode, frame_format, quality))
             entries[split] = sink.close()
-        return {"kind": "sequences", "frame_format": frame_format, "splits": entries}
+        return {"kind": "sequences", "frame_format": frame_format, "splits": entries, **({"classes": classes} if classes else {})}
 
     return write_dataset_atomically(Path(out_dir), write)
 
@@ -98,7 +105,8 @@ class ClipSampler:
 
     For clip frames ``t0, t0+s, ..., t0+(L-1)s`` the item holds ``frames`` (L, C, H, W), ``states`` (L, S) and
     ``actions`` (L-1, s, A): the ``s`` actions taken between consecutive clip frames (an action chunk per step),
-    flattened to (L-1, s*A) with ``flatten_actions``. Starts are uniform at random (torch RNG, seeded by the
+    flattened to (L-1, s*A) with ``flatten_actions``; ``label`` is the episode metadata's ``label_key`` value, if
+    it has one (a class per episode, for probes). Starts are uniform at random (torch RNG, seeded by the
     stream) or, with ``random_start=False``, evenly spaced. Episodes shorter than a clip are errors (skipped).
     """
 
@@ -110,11 +118,13 @@ class ClipSampler:
         random_start: bool = True,
         flatten_actions: bool = False,
         transform: Callable[[Tensor], Tensor] | None = None,
+        label_key: str | None = None,
     ) -> None:
         if clip_length < 1 or frame_skip < 1 or clips_per_episode < 1:
             raise ConfigError(f"clip_length ({clip_length}), frame_skip ({frame_skip}) and clips_per_episode ({clips_per_episode}) must be >= 1")
         self.clip_length, self.frame_skip, self.clips_per_episode = clip_length, frame_skip, clips_per_episode
         self.random_start, self.flatten_actions, self.transform = random_start, flatten_actions, transform
+        self.label_key = label_key
 
     @property
     def span(self) -> int:
@@ -138,6 +148,8 @@ class ClipSampler:
             "episode_id": episode.meta.get("episode_id", episode.raw["__key__"]),
             "__key__": episode.raw["__key__"],
         }
+        if self.label_key and self.label_key in episode.meta:
+            item["label"] = int(episode.meta[self.label_key])
         if episode.actions is not None:
             needed = idx[-1]
             if len(episode.actions) < needed:
@@ -169,6 +181,9 @@ class SequenceDataModule(StreamingDataModule):
         frame_transform: training transform of a clip's uint8 (L, C, H, W) frames (the same parameters for all frames).
         eval_transform: evaluation transform (evaluation clips start evenly spaced).
         image_size: side of the transformed frames (for size-dependent encoder configs).
+        label_key: episode metadata key with an integer class per episode (clips get it as ``label``).
+        num_classes: classes of ``label_key``; default: from the manifest's ``classes[label_key]``, if listed.
+        knn_bank_size: labelled training clips in the kNN-bank validation loader (0: none).
         **kwargs: :class:`~data_modules.streaming.StreamingDataModule` arguments.
     """
 
@@ -182,6 +197,9 @@ class SequenceDataModule(StreamingDataModule):
         frame_transform: Callable[[Tensor], Tensor] | None = None,
         eval_transform: Callable[[Tensor], Tensor] | None = None,
         image_size: int | None = None,
+        label_key: str | None = "label",
+        num_classes: int | None = None,
+        knn_bank_size: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(urls, **kwargs)
@@ -190,7 +208,12 @@ class SequenceDataModule(StreamingDataModule):
             "frame_skip": frame_skip,
             "clips_per_episode": clips_per_episode,
             "flatten_actions": flatten_actions,
+            "label_key": label_key,
         }
+        self.label_key, self.knn_bank_size = label_key, knn_bank_size
+        classes = (self.manifest or {}).get("classes", {})
+        classes = classes.get(label_key) if isinstance(classes, dict) else None
+        self.num_classes = num_classes if num_classes is not None else (len(classes) if classes else None)
         self.frame_transform, self.eval_transform, self.image_size = frame_transform, eval_transform, image_size
         self.items_per_sample = clips_per_episode
         ClipSampler(**self.sampler_args)  # validate now, not in a worker
@@ -200,7 +223,3 @@ class SequenceDataModule(StreamingDataModule):
 
     def eval_process(self) -> ClipSampler:
         return ClipSampler(**self.sampler_args, random_start=False, transform=self.eval_transform)
-
-    def val_dataloader(self) -> list:
-        self.setup("validate")
-        return [self.eval_dataloader("val")] if self._val_urls else []

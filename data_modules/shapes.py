@@ -123,6 +123,13 @@ def _shape_mask(cls_name: str, rng: np.random.Generator, size: int) -> np.ndarra
     angle = rng.uniform(0, 2 * math.pi)
     margin = scale * 0.9
     cx, cy = rng.uniform(margin, big - margin, size=2)
+    return shape_alpha(cls_name, cx / _SUPERSAMPLE, cy / _SUPERSAMPLE, scale / _SUPERSAMPLE, angle, size)
+
+
+def shape_alpha(cls_name: str, cx: float, cy: float, scale: float, angle: float, size: int) -> np.ndarray:
+    """Anti-aliased coverage ``(size, size, 1)`` in [0, 1] of a class shape centred at ``(cx, cy)`` pixels."""
+    big = size * _SUPERSAMPLE
+    cx, cy, scale = cx * _SUPERSAMPLE, cy * _SUPERSAMPLE, scale * _SUPERSAMPLE
     cos_a, sin_a = math.cos(angle), math.sin(angle)
     canvas = Image.new("L", (big, big), 0)
     draw = ImageDraw.Draw(canvas)

@@ -66,6 +66,10 @@ class StreamingDataModule(L.LightningDataModule):
     """
 
     items_per_sample = 1
+    #: labelled training samples in the kNN-bank validation loader (subclasses with labels set it)
+    knn_bank_size = 0
+    #: field (or episode metadata key) holding the integer label; ``None``: unlabelled
+    label_key: str | None = None
 
     def __init__(
         self,
@@ -107,6 +111,16 @@ class StreamingDataModule(L.LightningDataModule):
 
     def eval_process(self) -> Callable[[dict], list[Any]]:
         raise NotImplementedError
+
+    def val_dataloader(self) -> list:
+        """Loader 0: the validation split; loader 1: a labelled kNN bank from the training shards (if labelled)."""
+        self.setup("validate")
+        if not self._val_urls:
+            return []
+        loaders = [self.eval_dataloader("val")]
+        if self.knn_bank_size > 0 and self.label_key:
+            loaders.append(self.eval_dataloader("train", limit=self.knn_bank_size))
+        return loaders
 
     # -- setup --------------------------------------------------------------------------------------------------
     def _find_dataset_dir(self) -> str | None:

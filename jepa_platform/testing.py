@@ -41,15 +41,36 @@ def example_batch(
     return {"views": views, "label": torch.randint(0, num_classes, (batch_size,), generator=g)}
 
 
+def objective_class(overrides: tuple[str, ...] | list[str]) -> type:
+    """The class that ``jepa train <overrides>`` would build as its objective."""
+    from hydra.utils import get_object
+
+    from jepa_platform.config import compose_config
+
+    return get_object(compose_config(list(overrides)).objective._target_)
+
+
+def encoder_overrides(name: str) -> list[str]:
+    """Overrides that give objective ``name`` a small encoder it accepts: ``vit_test`` and ``debug=fast_vit`` for
+    objectives that need patch tokens (masked JEPAs), else the tiny ResNet of ``debug=fast``."""
+    if getattr(objective_class((f"objective={name}",)), "needs_token_encoder", False):
+        return ["debug=fast_vit"]
+    return ["debug=fast"]
+
+
 def build_objective(overrides: tuple[str, ...], seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Instantiate the objective of ``jepa train <overrides>`` (plugins included), shrunk for CPU, with the same
-    weights every call: a 64-64 projector with LayerNorm where the objective has those arguments."""
+    weights every call: a 64-64 projector with LayerNorm where the objective has those arguments, and timm's test
+    ViT for objectives that need patch tokens."""
     from hydra.utils import instantiate
     from omegaconf import open_dict
 
     from jepa_platform.config import compose_config
 
-    cfg = compose_config([*DDP_CHECK_OVERRIDES, *overrides])
+    base = list(DDP_CHECK_OVERRIDES)
+    if getattr(objective_class(overrides), "needs_token_encoder", False):
+        base = ["encoder=vit_test", "trainer=cpu"]
+    cfg = compose_config([*base, *overrides])
     with open_dict(cfg):
         if "projector_norm" in cfg.objective:
             cfg.objective.projector_norm = "layer"
@@ -57,6 +78,21 @@ def build_objective(overrides: tuple[str, ...], seed: int = 0, dtype: torch.dtyp
             cfg.objective.projector_dims = [64, 64]
     torch.manual_seed(seed)
     return instantiate(cfg.objective, _convert_="all").to(dtype)
+
+
+def objective_batch(model: nn.Module, batch_size: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """:func:`example_batch` passed through the objective's training collate (as the DataLoader workers would), so
+    that objectives that sample masks per batch get them, drawn from ``seed``."""
+    from torch.utils.data import default_collate
+
+    batch = example_batch(batch_size, seed=seed, dtype=dtype)
+    collate = model.train_collate(default_collate) if hasattr(model, "train_collate") else default_collate
+    if collate is default_collate:
+        return batch
+    samples = [{"views": [v[i] for v in batch["views"]], "label": batch["label"][i]} for i in range(batch_size)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return collate(samples)
 
 
 class _Step(nn.Module):
@@ -74,26 +110,33 @@ def _gradients(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _slice_batch(batch: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
-    return {"views": [v[start:stop] for v in batch["views"]], "label": batch["label"][start:stop]}
+def _slice_batch(batch: Any, start: int, stop: int) -> Any:
+    """Samples ``start:stop`` of every tensor in a (nested) batch."""
+    if isinstance(batch, torch.Tensor):
+        return batch[start:stop]
+    if isinstance(batch, dict):
+        return {k: _slice_batch(v, start, stop) for k, v in batch.items()}
+    if isinstance(batch, list):
+        return [_slice_batch(v, start, stop) for v in batch]
+    return batch
 
 
 def _worker(rank: int, world_size: int, port: int, cases: dict[str, list[str]], per_rank: int, out_dir: str) -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    batch = example_batch(per_rank * world_size, dtype=torch.float64)
-    references = {}
+    references, batches = {}, {}
     for name, overrides in cases.items():  # single process on the concatenated batch, before any process group exists
         model = build_objective(tuple(overrides), dtype=torch.float64)
-        model.training_step(batch, 0).backward()
+        batches[name] = objective_batch(model, per_rank * world_size, dtype=torch.float64)
+        model.training_step(batches[name], 0).backward()
         references[name] = _gradients(model)
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     results = {}
     try:
-        local = _slice_batch(batch, rank * per_rank, (rank + 1) * per_rank)
         for name, overrides in cases.items():
+            local = _slice_batch(batches[name], rank * per_rank, (rank + 1) * per_rank)
             ddp = nn.parallel.DistributedDataParallel(_Step(build_objective(tuple(overrides), dtype=torch.float64)))
             ddp(local).backward()
             grads = {k.removeprefix("objective."): v for k, v in _gradients(ddp.module).items()}

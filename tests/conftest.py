@@ -67,11 +67,11 @@ def tiny_sequences(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def make_cfg(tmp_path: Path, data_root: Path):
-    """Compose `jepa train debug=fast` with runs and data under temporary directories."""
+    """Compose `jepa train debug=fast` (or ``debug=<name>``) with runs and data under temporary directories."""
 
-    def make(*overrides: str, run_name: str = "run", debug: bool = True):
+    def make(*overrides: str, run_name: str = "run", debug: bool | str = True):
         runs = tmp_path / "runs"
-        base = ["debug=fast"] if debug else ["encoder=tiny", "trainer=cpu"]
+        base = [f"debug={'fast' if debug is True else debug}"] if debug else ["encoder=tiny", "trainer=cpu"]
         return compose_config([*base, f"paths.runs_dir={runs}", f"paths.data_dir={data_root}", *overrides], output_dir=str(runs / run_name))
 
     yield make

@@ -9,14 +9,16 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
+from jepa_platform.masking.collate import model_input
+
 log = logging.getLogger("jepa_platform")
 
-SHOWN = ("train/loss", "train/energy", "emb/rank", "val/probe_acc", "val/knn_acc", "val/repr/rank")
+SHOWN = ("train/loss", "train/energy", "level1/energy", "level2/energy", "emb/rank", "val/probe_acc", "val/knn_acc", "val/repr/rank")
 
 
-def views_batch_size(batch: dict) -> int:
-    """Samples in a multi-view or evaluation batch (also fits ``ThroughputMonitor(batch_size_fn=...)``)."""
-    return int(batch["views"][0].shape[0] if "views" in batch else batch["image"].shape[0])
+def batch_samples(batch: dict) -> int:
+    """Samples (images or clips) in a training or evaluation batch (also fits ``ThroughputMonitor(batch_size_fn=...)``)."""
+    return int(model_input(batch).shape[0])
 
 
 class EpochSummary(Callback):
@@ -30,7 +32,7 @@ class EpochSummary(Callback):
         self._start, self._samples = time.perf_counter(), 0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch: dict, batch_idx: int) -> None:
-        self._samples += views_batch_size(batch)
+        self._samples += batch_samples(batch)
 
     @rank_zero_only
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -136,21 +136,22 @@ class MultiBlockMaskSampler(MaskSampler):
                     f"masks on a {height}x{width} grid leave fewer than {self.min_context} context tokens after {self.max_tries} tries: "
                     "lower num_targets or target_scale, or use a finer patch grid"
                 )
-            contexts.append(_tubes(visible, frames))
+            contexts.append(visible.flatten().nonzero().squeeze(1))
             sets = [covered] if self.union_targets else blocks
-            targets.append([_tubes(b, frames) for b in sets])
+            targets.append([b.flatten().nonzero().squeeze(1) for b in sets])
+        # Equal counts: cut each spatial set to the batch's smallest, then extend it through the frames (tubes).
         n_context = min(len(c) for c in contexts)
         n_target = min(len(t) for sample in targets for t in sample)
-        context = torch.stack([_subset(c, n_context, generator) for c in contexts])
-        target = torch.stack([torch.stack([_subset(t, n_target, generator) for t in sample]) for sample in targets])
+        plane = height * width
+        context = torch.stack([_tubes(_subset(c, n_context, generator), frames, plane) for c in contexts])
+        target = torch.stack([torch.stack([_tubes(_subset(t, n_target, generator), frames, plane) for t in sample]) for sample in targets])
         return Masks(context, target)
 
 
-def _tubes(spatial: Tensor, frames: int) -> Tensor:
-    """Flat indices of a spatial map repeated through ``frames`` frames."""
-    per_frame = spatial.flatten().nonzero().squeeze(1)
-    offsets = torch.arange(frames).unsqueeze(1) * spatial.numel()
-    return (offsets + per_frame).flatten()
+def _tubes(spatial: Tensor, frames: int, plane: int) -> Tensor:
+    """Flat indices of spatial positions (indices into one ``plane``) repeated through ``frames`` frames."""
+    offsets = torch.arange(frames).unsqueeze(1) * plane
+    return (offsets + spatial).flatten()
 
 
 class FutureMaskSampler(MaskSampler):

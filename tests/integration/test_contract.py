@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 
 from jepa_platform.config import group_options
 from jepa_platform.registry import ENCODERS, OBJECTIVES
-from jepa_platform.testing import example_batch
+from jepa_platform.testing import build_objective, encoder_overrides, objective_batch
 from jepa_platform.train import run_train
 
 OBJECTIVE_NAMES = OBJECTIVES.names()
@@ -31,8 +31,14 @@ def test_the_example_plugin_is_under_test():
 
 @pytest.mark.parametrize("name", OBJECTIVE_NAMES)
 def test_objective_short_run_logs_design_metrics(name: str, make_cfg):
+    debug = encoder_overrides(name)[0].removeprefix("debug=")
     cfg = make_cfg(
-        f"objective={name}", "logger=none", "++trainer.limit_train_batches=3", "++trainer.limit_val_batches=2", "trainer.log_every_n_steps=1"
+        f"objective={name}",
+        "logger=none",
+        "++trainer.limit_train_batches=3",
+        "++trainer.limit_val_batches=2",
+        "trainer.log_every_n_steps=1",
+        debug=debug,
     )
     metrics = run_train(cfg)
     missing = [k for k in DESIGN_KEYS if k not in metrics]
@@ -43,9 +49,9 @@ def test_objective_short_run_logs_design_metrics(name: str, make_cfg):
 
 
 @pytest.mark.parametrize("name", OBJECTIVE_NAMES)
-def test_every_trainable_parameter_gets_a_gradient(name: str, make_cfg):
-    model = instantiate(make_cfg(f"objective={name}").objective, _convert_="all")
-    loss = model.training_step(example_batch(16), 0)
+def test_every_trainable_parameter_gets_a_gradient(name: str):
+    model = build_objective((f"objective={name}",))
+    loss = model.training_step(objective_batch(model, 16), 0)
     assert loss.dim() == 0 and torch.isfinite(loss)
     loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
@@ -63,6 +69,12 @@ def test_encoder_contract(option: str, make_cfg):
     if hasattr(encoder, "forward_tokens"):
         tokens = encoder.forward_tokens(x)
         assert tokens.dim() == 3 and tokens.shape[0] == 2 and tokens.shape[2] == encoder.num_features
+    if getattr(encoder, "is_vit", False):  # ViTs also encode clips (B, T, C, H, W) and subsets of their patch tokens
+        clip = encoder(torch.randn(2, 3, 3, 32, 32))
+        assert clip.shape == (2, encoder.num_features) and torch.isfinite(clip).all()
+        tokens = encoder.embed_tokens(x)
+        keep = torch.tensor([[0, 5, 9], [1, 2, 3]])
+        assert encoder.patch_features(encoder.encode_tokens(tokens, keep)).shape == (2, 3, encoder.num_features)
     features.pow(2).mean().backward()
     missing = [n for n, p in encoder.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"encoder={option}: no gradient for {missing[:5]}"

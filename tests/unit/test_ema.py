@@ -1,0 +1,40 @@
+"""The EMA target update and its momentum schedule."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from jepa_platform.callbacks.ema import EMATargetUpdate, ema_update, momentum_at
+
+
+def test_ema_update_is_the_momentum_update():
+    torch.manual_seed(0)
+    online = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8))
+    target = copy.deepcopy(online).requires_grad_(False)
+    with torch.no_grad():
+        for p in online.parameters():
+            p.add_(torch.randn_like(p))
+        online[1].running_mean.fill_(3.0)
+    before = [p.clone() for p in target.parameters()]
+    ema_update(target, online, 0.9)
+    for t, b, o in zip(target.parameters(), before, online.parameters(), strict=True):
+        torch.testing.assert_close(t, 0.9 * b + 0.1 * o, rtol=0, atol=1e-6)
+        assert not torch.equal(t, b) and t.grad is None and not t.requires_grad
+    assert torch.equal(target[1].running_mean, online[1].running_mean)  # buffers are copied
+
+
+def test_momentum_schedule():
+    assert momentum_at(0, 100, 0.996, 1.0) == 0.996
+    assert momentum_at(50, 100, 0.996, 1.0) == pytest.approx(0.998)
+    assert momentum_at(100, 100, 0.996, 1.0) == 1.0 and momentum_at(150, 100, 0.996, 1.0) == 1.0
+    with pytest.raises(ValueError, match="momentum"):
+        EMATargetUpdate(1.0, 0.99)
+
+
+def test_ema_update_refuses_mismatched_modules():
+    with pytest.raises(ValueError, match="copy"):
+        ema_update(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), 0.9)
