@@ -1,8 +1,10 @@
-"""``jepa eval RUN``: linear-probe and kNN accuracy of a trained run's encoder, next to the same encoder
+"""``jepa eval RUN``: linear-probe and kNN accuracy of a trained run's representation, next to the same model
 randomly initialised and frozen (the baseline a self-supervised method has to beat).
 
-It rebuilds the encoder and data from the run's resolved ``config.yaml``, loads the checkpoint with
-``weights_only=True``, and logs ``eval/*`` metrics to the run's MLflow run.
+It rebuilds the objective and data from the run's resolved ``config.yaml``, loads the checkpoint with
+``weights_only=True``, and evaluates the objective's own representation (``forward``: the encoder's features;
+the EMA target encoder for ``ema_jepa``; every level, concatenated, for ``h_jepa``). It logs ``eval/*`` metrics to
+the run's MLflow run.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from omegaconf import OmegaConf
 
 from jepa_platform.errors import CheckpointError, ConfigError
 from jepa_platform.eval.probe import extract_features, knn_accuracy, linear_probe_accuracy
-from jepa_platform.train import RUN_INFO, build, find_checkpoint, load_checkpoint
+from jepa_platform.train import RUN_INFO, build, check_checkpoint_matches, find_checkpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +64,14 @@ def evaluate(encoder: torch.nn.Module, datamodule, num_classes: int, args: argpa
     }
 
 
-def _trained_encoder(cfg, ckpt: Path) -> torch.nn.Module:
-    encoder = build(cfg.objective.encoder, "objective.encoder")
+def _trained_model(cfg, ckpt: Path) -> torch.nn.Module:
+    model = build(cfg.objective, "objective")
     state = load_checkpoint(ckpt).get("state_dict", {})
-    weights = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
-    if not weights:
+    if not any(k.startswith("encoder.") for k in state):
         raise CheckpointError(f"{ckpt} has no encoder weights (state_dict keys 'encoder.*'): give a checkpoint written by jepa train")
-    try:
-        encoder.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{ckpt} does not match the run's encoder config: {str(exc).splitlines()[0]}") from exc
-    return encoder
+    check_checkpoint_matches({"state_dict": state}, model, ckpt)
+    model.load_state_dict(state)
+    return model
 
 
 def main(argv: list[str]) -> int:
@@ -90,11 +89,11 @@ def main(argv: list[str]) -> int:
     if args.random_init != "only":
         ckpt = Path(args.ckpt) if args.ckpt else find_checkpoint(str(run_dir), run_dir, run_dir)
         torch.manual_seed(cfg.seed)
-        results.update({f"eval/{k}": v for k, v in evaluate(_trained_encoder(cfg, ckpt), datamodule, num_classes, args).items()})
+        results.update({f"eval/{k}": v for k, v in evaluate(_trained_model(cfg, ckpt), datamodule, num_classes, args).items()})
     if args.random_init != "skip":
         torch.manual_seed(cfg.seed)
-        encoder = build(cfg.objective.encoder, "objective.encoder")
-        results.update({f"eval/random_init/{k}": v for k, v in evaluate(encoder, datamodule, num_classes, args).items()})
+        model = build(cfg.objective, "objective")
+        results.update({f"eval/random_init/{k}": v for k, v in evaluate(model, datamodule, num_classes, args).items()})
 
     _report(results, run_dir)
     if not args.no_mlflow:

@@ -12,16 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jepa_platform.masking.collate import model_input
 from jepa_platform.metrics.knn import knn_predict
 
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, batches: Iterable[dict], device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-    """``(features, labels)`` of every ``{"image", "label"}`` batch, with the encoder in eval mode."""
+    """``(features, labels)`` of every ``{"image" or "frames", "label"}`` batch, with the encoder in eval mode."""
     encoder.eval().to(device)
     feats, labels = [], []
     for batch in batches:
-        feats.append(encoder(batch["image"].to(device)).float().cpu())
+        feats.append(encoder(model_input(batch).to(device)).float().cpu())
         labels.append(torch.as_tensor(batch["label"]).cpu())
     if not feats:
         raise ValueError("no batches to extract features from")
