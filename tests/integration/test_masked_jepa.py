@@ -141,3 +141,18 @@ def test_config_errors(overrides, message, make_cfg):
         cfg.objective.levels = cfg.objective.levels[:1]
     with pytest.raises(ConfigError, match=message):
         build(cfg.objective, "objective")
+
+
+def test_jepa_eval_uses_the_objectives_representation_on_clips(make_cfg):
+    """jepa eval rebuilds the objective and probes its representation (every h_jepa level, concatenated) on clips."""
+    import json
+
+    from jepa_platform.eval import cli as eval_cli
+
+    cfg = make_cfg("objective=h_jepa", "logger=none", "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=1", *CLIPS, debug="fast_vit")
+    run_train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    assert eval_cli.main([str(run_dir), "--train-samples", "32", "--no-mlflow"]) == 0
+    results = json.loads((run_dir / "eval.json").read_text())
+    for key in ("eval/linear_probe_acc", "eval/knn_acc", "eval/random_init/linear_probe_acc", "eval/random_init/knn_acc"):
+        assert 0.0 <= results[key] <= 1.0
