@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 from timm.layers import trunc_normal_
-from timm.models.vision_transformer import Block
+from timm.models.vision_transformer import Block, init_weights_vit_timm
 from torch import Tensor, nn
 
 from jepa_platform.encoders.pos_embed import sincos_grid
@@ -37,7 +37,7 @@ class MaskedPredictor(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.out = nn.Linear(dim, out_dim or in_dim)
         trunc_normal_(self.mask_token, std=0.02)
-        self.apply(_init)
+        self.apply(init_weights_vit_timm)  # timm's ViT initialisation: truncated-normal linear weights, zero biases
 
     def forward(self, context: Tensor, context_idx: Tensor, target_idx: Tensor, grid: tuple[int, int, int]) -> Tensor:
         batch, sets, n_target = target_idx.shape
@@ -47,13 +47,3 @@ class MaskedPredictor(nn.Module):
         queries = self.mask_token + pos[target_idx.flatten(0, 1)]  # (B*M, Nt, dim)
         h = self.norm(self.blocks(torch.cat([x, queries], dim=1)))[:, -n_target:]
         return self.out(h).unflatten(0, (batch, sets))
-
-
-def _init(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)

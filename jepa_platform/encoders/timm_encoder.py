@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from jepa_platform.encoders.pos_embed import sincos_1d
 from jepa_platform.errors import ConfigError
+from jepa_platform.masking.samplers import gather_tokens
 from jepa_platform.registry import register_encoder
 
 
@@ -72,11 +73,14 @@ class TimmEncoder(nn.Module):
     def is_vit(self) -> bool:
         return all(hasattr(self.model, a) for a in ("patch_embed", "blocks", "_pos_embed", "norm", "forward_head"))
 
+    def _require_vit(self) -> None:
+        if not self.is_vit:
+            raise ConfigError(f"encoder '{self.name}' has no patch tokens: use a ViT (e.g. encoder=vit_tiny or encoder.name=vit_small_patch16_224)")
+
     @property
     def patch_size(self) -> tuple[int, int]:
         """Pixels per patch token (height, width)."""
-        if not self.is_vit:
-            raise ConfigError(f"encoder '{self.name}' has no patch tokens: use a ViT (e.g. encoder=vit_tiny or encoder.name=vit_small_patch16_224)")
+        self._require_vit()
         return tuple(self.model.patch_embed.patch_size)  # type: ignore[return-value]
 
     @property
@@ -86,7 +90,7 @@ class TimmEncoder(nn.Module):
     def embed_tokens(self, x: Tensor) -> Tensor:
         """Images ``(B, C, H, W)`` or clips ``(B, T, C, H, W)`` -> prefix tokens then patch tokens ``(B, P + T*N, D)``,
         position-embedded, before the blocks."""
-        self.patch_size  # noqa: B018 (raises for non-ViTs)
+        self._require_vit()
         m, prefix = self.model, self.num_prefix_tokens
         if x.dim() == 4:
             return m._pos_embed(m.patch_embed(x))
@@ -99,9 +103,7 @@ class TimmEncoder(nn.Module):
     def encode_tokens(self, tokens: Tensor, keep: Tensor | None = None) -> Tensor:
         """Run the blocks on the prefix tokens and the patch tokens at ``keep`` ``(B, K)`` (all if ``None``)."""
         m, prefix = self.model, self.num_prefix_tokens
-        patches = tokens[:, prefix:]
-        if keep is not None:
-            patches = patches.gather(1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+        patches = tokens[:, prefix:] if keep is None else gather_tokens(tokens[:, prefix:], keep)
         x = m.norm_pre(torch.cat([tokens[:, :prefix], patches], dim=1))
         return m.norm(m.blocks(x))
 

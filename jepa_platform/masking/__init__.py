@@ -1,7 +1,7 @@
 """Mask samplers (I-JEPA multi-block, V-JEPA tubes, future frames) and the collate hook that runs them in workers."""
 
-from jepa_platform.masking.collate import MaskCollate, MaskPlan, effective_pool, model_input, sample_masks, token_grid
-from jepa_platform.masking.samplers import FutureMaskSampler, Masks, MaskSampler, MultiBlockMaskSampler, block_size
+from jepa_platform.masking.collate import MaskCollate, MaskPlan, effective_pool, model_input, pooled_grid, sample_masks, token_grid
+from jepa_platform.masking.samplers import FutureMaskSampler, Masks, MaskSampler, MultiBlockMaskSampler, block_size, gather_tokens
 
 __all__ = [
     "FutureMaskSampler",
@@ -12,7 +12,9 @@ __all__ = [
     "MultiBlockMaskSampler",
     "block_size",
     "effective_pool",
+    "gather_tokens",
     "model_input",
+    "pooled_grid",
     "sample_masks",
     "token_grid",
 ]

@@ -24,6 +24,15 @@ def effective_pool(pool: Sequence[int], frames: int) -> tuple[int, int, int]:
     return (1 if frames == 1 else int(pool[0]), int(pool[1]), int(pool[2]))
 
 
+def pooled_grid(tokens: Grid, pool: Sequence[int]) -> Grid:
+    """The grid of cells of ``pool`` tokens (:func:`effective_pool`) over a ``tokens`` grid; it must divide evenly."""
+    pool = effective_pool(pool, tokens[0])
+    cells = tuple(n // p for n, p in zip(tokens, pool, strict=True))
+    if min(cells) < 1 or any(n % p for n, p in zip(tokens, pool, strict=True)):
+        raise ConfigError(f"a token grid of {tokens} does not divide into cells of {pool}: change the level's pool or the input size")
+    return cells  # type: ignore[return-value]
+
+
 @dataclass
 class MaskPlan:
     """The masks of one prediction level: a sampler for images and one for clips, on the token grid pooled by ``pool``
@@ -35,11 +44,7 @@ class MaskPlan:
 
     def grid(self, tokens: Grid) -> Grid:
         """This level's grid from the encoder's token grid."""
-        pool = effective_pool(self.pool, tokens[0])
-        cells = tuple(n // p for n, p in zip(tokens, pool, strict=True))
-        if min(cells) < 1 or any(n % p for n, p in zip(tokens, pool, strict=True)):
-            raise ConfigError(f"a token grid of {tokens} does not divide into cells of {pool}: change the level's pool or the input size")
-        return cells  # type: ignore[return-value]
+        return pooled_grid(tokens, self.pool)
 
     def sample(self, batch_size: int, tokens: Grid, generator: torch.Generator | None = None) -> Masks:
         is_clip = tokens[0] > 1

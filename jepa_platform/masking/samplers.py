@@ -38,6 +38,13 @@ class Masks:
         return Masks(self.context.to(device), self.targets.to(device))
 
 
+def gather_tokens(tokens: Tensor, index: Tensor) -> Tensor:
+    """``tokens (B, N, D)`` at flat indices ``index (B, ...)`` -> ``(B, ..., D)``."""
+    flat = index.flatten(1)
+    picked = tokens.gather(1, flat.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+    return picked.unflatten(1, index.shape[1:])
+
+
 def _uniform(lo_hi: Sequence[float], generator: torch.Generator | None) -> float:
     lo, hi = float(lo_hi[0]), float(lo_hi[1])
     return lo + (hi - lo) * float(torch.rand((), generator=generator))

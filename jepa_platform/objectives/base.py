@@ -143,8 +143,10 @@ class SelfSupervisedObjective(L.LightningModule):
 
     # -- validation ---------------------------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = VAL_LOADER) -> None:
-        feats = self(model_input(batch))
-        labels = batch.get("label")
+        self.update_val_metrics(self(model_input(batch)), batch.get("label"), dataloader_idx)
+
+    def update_val_metrics(self, feats: Tensor, labels: Tensor | None, dataloader_idx: int = VAL_LOADER) -> None:
+        """Representation statistics, probe and kNN accuracy of one validation (or kNN-bank) batch's features."""
         if dataloader_idx == BANK_LOADER:
             if self.num_classes:
                 self.val_knn_acc.update(feats, labels, bank=True)

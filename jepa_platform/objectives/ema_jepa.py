@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from jepa_platform.encoders.predictor import MaskedPredictor
 from jepa_platform.losses.functional import LossOutput, masked_prediction, normalised_targets
 from jepa_platform.masking.collate import MaskPlan, model_input
-from jepa_platform.masking.samplers import MultiBlockMaskSampler
-from jepa_platform.objectives.masked import MaskedJEPA, gather_tokens
+from jepa_platform.masking.samplers import MultiBlockMaskSampler, gather_tokens
+from jepa_platform.objectives.masked import MaskedJEPA
 from jepa_platform.optim import OptimizerFactory
 from jepa_platform.registry import register_objective
 

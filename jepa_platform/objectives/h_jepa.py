@@ -52,11 +52,11 @@ from jepa_platform.encoders.pos_embed import sincos_grid
 from jepa_platform.encoders.predictor import MaskedPredictor
 from jepa_platform.errors import ConfigError
 from jepa_platform.losses.functional import LossOutput, masked_prediction, normalised_targets
-from jepa_platform.masking.collate import MaskPlan, effective_pool, model_input
-from jepa_platform.masking.samplers import FutureMaskSampler, Grid, MultiBlockMaskSampler
+from jepa_platform.masking.collate import MaskPlan, effective_pool, model_input, pooled_grid
+from jepa_platform.masking.samplers import FutureMaskSampler, Grid, MultiBlockMaskSampler, gather_tokens
 from jepa_platform.metrics.embedding import EmbeddingStats, effective_rank
 from jepa_platform.objectives.base import BANK_LOADER
-from jepa_platform.objectives.masked import MaskedJEPA, gather_tokens
+from jepa_platform.objectives.masked import MaskedJEPA
 from jepa_platform.optim import OptimizerFactory
 from jepa_platform.registry import register_objective
 
@@ -175,8 +175,8 @@ class HJEPA(MaskedJEPA):
 
     def level_grids(self, x: Tensor) -> list[Grid]:
         grids = [self.grid(x)]
-        for pool in self.level_pools(grids[0][0])[1:]:
-            grids.append(MaskPlan(None, None, pool).grid(grids[-1]))
+        for spec in self.specs[1:]:
+            grids.append(pooled_grid(grids[-1], spec.pool))
         return grids
 
     # -- forward passes -------------------------------------------------------------------------------------------
@@ -261,12 +261,9 @@ class HJEPA(MaskedJEPA):
         x = model_input(batch)
         reps = self.stack(x, online=self.hparams.eval_encoder == "context")
         pooled = self.pooled(reps)
-        features = torch.cat(pooled, dim=1)
-        self.val_repr_stats.update(features)
         labels = batch.get("label")
+        self.update_val_metrics(torch.cat(pooled, dim=1), labels)
         if self.num_classes and labels is not None:
-            self.val_probe_acc.update(self.probe(features), labels)
-            self.val_knn_acc.update(features, labels, bank=False)
             for probe, acc, p in zip(self.level_probes, self.val_level_acc, pooled, strict=True):
                 acc.update(probe(p), labels)
         targets = reps if self.hparams.eval_encoder == "target" else self.stack(x)

@@ -34,13 +34,6 @@ from jepa_platform.optim import OptimizerFactory
 EVAL_ENCODERS = ("target", "context")
 
 
-def gather_tokens(tokens: Tensor, index: Tensor) -> Tensor:
-    """``tokens (B, N, D)`` at ``index (B, ...)`` -> ``(B, ..., D)``."""
-    flat = index.flatten(1)
-    picked = tokens.gather(1, flat.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-    return picked.unflatten(1, index.shape[1:])
-
-
 class MaskedJEPA(SelfSupervisedObjective):
     """Base of the masked-prediction JEPAs (see module docstring).
 
