@@ -1,4 +1,4 @@
-"""The ``jepa`` command: ``jepa train ...`` (Hydra app over conf/), ``jepa eval ...`` and ``jepa list``.
+"""The ``jepa`` command: ``jepa train ...`` (Hydra app over conf/), ``jepa eval``, ``jepa export``, ``jepa list``, ``jepa data``.
 
 User errors (bad config, data, checkpoint or path) print one line starting with ``error:`` and exit with 2.
 """
@@ -17,6 +17,8 @@ commands:
           (jepa train --help lists config groups and options; --cfg job prints the composed config)
   eval    linear-probe and kNN accuracy of a run's encoder, and of the same encoder randomly initialised:
           jepa eval runs/<run> [--random-init] (jepa eval --help for options)
+  export  the trained encoder of a run (single-file or sharded checkpoint) as one file for downstream use:
+          jepa export runs/<run> [--out encoder.pt] (loads with torch.load(..., weights_only=True))
   list    registered objectives and encoders, plugins included, with one-line descriptions
   data    shards: jepa data convert SRC OUT_DIR (image folder, .npz, IDX) | jepa data inspect DIR_OR_URLS
 """
@@ -33,6 +35,12 @@ def _train(args: list[str]) -> int:
 
 def _eval(args: list[str]) -> int:
     from jepa_platform.eval.cli import main
+
+    return main(args)
+
+
+def _export(args: list[str]) -> int:
+    from jepa_platform.export import main
 
     return main(args)
 
@@ -61,7 +69,7 @@ def _data(args: list[str]) -> int:
     return parsed.func(parsed)
 
 
-COMMANDS = {"train": _train, "eval": _eval, "list": _list, "data": _data}
+COMMANDS = {"train": _train, "eval": _eval, "export": _export, "list": _list, "data": _data}
 
 
 def main(argv: list[str] | None = None) -> int:

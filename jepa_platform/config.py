@@ -25,6 +25,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from jepa_platform.errors import ConfigError, one_line
+from jepa_platform.launch import register_resolvers
+
+register_resolvers()
 
 _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version"}
 # With another config source the pre-flight check (which reads conf/) would judge the wrong configs: Hydra checks those.

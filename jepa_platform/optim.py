@@ -1,4 +1,5 @@
-"""Optimiser plumbing shared by objectives: parameter groups and the warmup + cosine schedule."""
+"""Optimiser plumbing shared by objectives: parameter groups, the warmup + cosine schedule, and the learning-rate
+scaling rule with the global batch size."""
 
 from __future__ import annotations
 
@@ -36,3 +37,17 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.0
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+#: ``lr x factor(global_batch / reference_batch)``: none, linear (Goyal et al. 2017; SimCLR, VICReg, Barlow Twins with
+#: LARS) or square root (Adam-family optimisers, Malladi et al. 2022)
+LR_SCALING = {"none": lambda r: 1.0, "linear": lambda r: r, "sqrt": math.sqrt}
+
+
+def lr_scale(rule: str, global_batch: int, reference_batch: int) -> float:
+    """The factor applied to the configured learning rate for a global batch of ``global_batch`` samples."""
+    if rule not in LR_SCALING:
+        raise ValueError(f"lr scaling rule {rule!r} is not one of {', '.join(LR_SCALING)}")
+    if global_batch <= 0 or reference_batch <= 0:
+        raise ValueError(f"batch sizes must be positive, got global {global_batch} and reference {reference_batch}")
+    return float(LR_SCALING[rule](global_batch / reference_batch))

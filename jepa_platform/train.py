@@ -15,16 +15,18 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from jepa_platform.checkpoints import check_checkpoint_matches, find_checkpoint, is_sharded, state_shapes
 from jepa_platform.config import config_dir, flatten, job_config, store_registered_configs
 from jepa_platform.errors import CheckpointError, ConfigError, JepaError, one_line
+from jepa_platform.launch import global_rank, rank_overrides
 
 log = logging.getLogger(__name__)
 RUN_INFO = "mlflow_run.json"
@@ -39,53 +41,6 @@ for pattern in (
     r".*resuming from a checkpoint that ended before the epoch ended and your dataloader is not resumable.*",
 ):
     warnings.filterwarnings("ignore", message=pattern)
-
-
-def find_checkpoint(spec: str, runs_dir: Path, output_dir: Path) -> Path:
-    """A checkpoint file from ``last`` (this run's, else the newest under ``runs_dir``), a run directory or a path."""
-    if spec == "last":
-        own = output_dir / "checkpoints" / "last.ckpt"
-        if own.is_file():
-            return own
-        found = sorted(runs_dir.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise CheckpointError(
-                f"ckpt_path=last: no checkpoints/last.ckpt under {runs_dir}: train a run first, or give ckpt_path=<file or run dir>"
-            )
-        return found[-1]
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        for candidate in (path / "checkpoints" / "last.ckpt", path / "last.ckpt"):
-            if candidate.is_file():
-                return candidate
-        raise CheckpointError(f"ckpt_path={spec}: the directory has no checkpoints/last.ckpt: give a .ckpt file or a run directory")
-    if not path.is_file():
-        raise CheckpointError(f"ckpt_path={spec} does not exist: give a .ckpt file, a run directory, or ckpt_path=last")
-    return path
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load safely (tensors and plain containers only); an unreadable file is a one-line error."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot load {path} safely (weights_only=True): {first}") from exc
-
-
-def check_checkpoint_matches(ckpt: dict[str, Any], model: torch.nn.Module, path: Path) -> None:
-    """Fail before training if the checkpoint's weights do not fit the configured model (names and shapes)."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in ckpt.get("state_dict", {}).items()}
-    missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
-    reshaped = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
-    if missing or unexpected or reshaped:
-        detail = "; ".join(
-            f"{len(keys)} {what} (e.g. {keys[0]})"
-            for what, keys in (("missing", missing), ("unexpected", unexpected), ("reshaped", reshaped))
-            if keys
-        )
-        raise CheckpointError(f"{path} does not match this model ({detail}): resume with the objective and encoder config of the run that wrote it")
 
 
 def run_info_for(ckpt: Path) -> dict[str, Any] | None:
@@ -157,6 +112,11 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("ckpt_path"):
         ckpt_path = find_checkpoint(str(cfg.ckpt_path), Path(cfg.paths.runs_dir), output_dir)
         log.info("resuming from %s", ckpt_path)
+    elif any((output_dir / "checkpoints").glob("*.ckpt")):
+        raise CheckpointError(
+            f"{output_dir} already holds checkpoints of another run: resume it with ckpt_path=last, or start a new run "
+            "with a new JEPA_RUN_ID / torchrun --rdzv-id"
+        )
 
     datamodule = build(cfg.data, "data")
     fill_from_data(cfg, datamodule)
@@ -165,10 +125,11 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     if hasattr(model, "train_collate") and hasattr(datamodule, "collate"):
         datamodule.collate = model.train_collate(datamodule.collate)  # e.g. masks drawn in the DataLoader workers
     if ckpt_path is not None:
-        check_checkpoint_matches(load_checkpoint(ckpt_path), model, ckpt_path)
+        check_checkpoint_matches(state_shapes(ckpt_path), model, ckpt_path)
 
     logger: Any = False
-    if cfg.get("logger") and cfg.logger.get("_target_"):
+    # Only rank 0 logs; building the logger on every rank would also race on a fresh MLflow store.
+    if cfg.get("logger") and cfg.logger.get("_target_") and global_rank() == 0:
         previous = run_info_for(ckpt_path) if ckpt_path else None
         extra = {"run_id": previous["run_id"]} if previous and "mlflow" in cfg.logger._target_.lower() else {}
         logger = build(cfg.logger, "logger", **extra)
@@ -177,6 +138,11 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     if not logger:  # nothing to record learning rates into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
+    if ckpt_path is not None and is_sharded(ckpt_path) and not isinstance(trainer.strategy, ModelParallelStrategy):
+        raise CheckpointError(
+            f"{ckpt_path} is a sharded (FSDP) checkpoint: resume it with trainer=fsdp, or consolidate it first with "
+            "python -m lightning.pytorch.utilities.consolidate_checkpoint <dir>"
+        )
     trainer.fit(model, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -197,9 +163,14 @@ def main(args: list[str]) -> int:
     """Entry of ``jepa train``: hand the arguments to the Hydra app."""
 
     store_registered_configs()
+    args = [*args, *rank_overrides(args)]
+    # Lightning's launcher (trainer.devices > 1 without torchrun or SLURM) starts the other local ranks by re-running
+    # sys.argv with Hydra's run directory appended: give it this command, not the name Hydra parses below.
+    launch_argv = [sys.argv[0], "train", *args]
 
     @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
     def _app(cfg: DictConfig) -> None:
+        sys.argv = launch_argv
         try:
             run_train(cfg)
         except JepaError as exc:

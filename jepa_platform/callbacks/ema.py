@@ -16,6 +16,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from jepa_platform.parallel import paired_local_tensors
+
 
 def momentum_at(step: int, total_steps: int, start: float, end: float) -> float:
     """Linear schedule from ``start`` (step 0) to ``end`` (step ``total_steps``), constant afterwards."""
@@ -26,13 +28,16 @@ def momentum_at(step: int, total_steps: int, start: float, end: float) -> float:
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     """``target <- momentum * target + (1 - momentum) * online`` for every parameter; buffers are copied.
 
-    Works on local shards as well (FSDP2 DTensors pair up shard by shard): no communication."""
+    Under FSDP2 the two modules are sharded by the same plan, and the update runs on each rank's local shards
+    (no communication, no gathered copy)."""
     t_params, o_params = list(target.parameters()), list(online.parameters())
     if len(t_params) != len(o_params):
         raise ValueError(f"target has {len(t_params)} parameters, online {len(o_params)}: the target must be a copy of the online module")
-    torch._foreach_mul_(t_params, momentum)
-    torch._foreach_add_(t_params, [p.detach() for p in o_params], alpha=1.0 - momentum)
-    for t_buf, o_buf in zip(target.buffers(), online.buffers(), strict=True):
+    t_local, o_local = paired_local_tensors(t_params, [p.detach() for p in o_params])
+    torch._foreach_mul_(t_local, momentum)
+    torch._foreach_add_(t_local, o_local, alpha=1.0 - momentum)
+    t_bufs, o_bufs = paired_local_tensors(list(target.buffers()), list(online.buffers()))
+    for t_buf, o_buf in zip(t_bufs, o_bufs, strict=True):
         t_buf.copy_(o_buf)
 
 

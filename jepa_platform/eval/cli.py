@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from jepa_platform.checkpoints import find_checkpoint, trained_objective
 from jepa_platform.errors import CheckpointError, ConfigError
 from jepa_platform.eval.probe import extract_features, knn_accuracy, linear_probe_accuracy
-from jepa_platform.train import RUN_INFO, build, check_checkpoint_matches, find_checkpoint, load_checkpoint
+from jepa_platform.train import RUN_INFO, build
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _resolve_run(run: str, runs_dir: Path) -> Path:
+def resolve_run(run: str, runs_dir: Path) -> Path:
     if run == "last":
         try:
             return find_checkpoint("last", runs_dir, runs_dir / "__none__").parent.parent
@@ -64,19 +65,9 @@ def evaluate(encoder: torch.nn.Module, datamodule, num_classes: int, args: argpa
     }
 
 
-def _trained_model(cfg, ckpt: Path) -> torch.nn.Module:
-    model = build(cfg.objective, "objective")
-    state = load_checkpoint(ckpt).get("state_dict", {})
-    if not any(k.startswith("encoder.") for k in state):
-        raise CheckpointError(f"{ckpt} has no encoder weights (state_dict keys 'encoder.*'): give a checkpoint written by jepa train")
-    check_checkpoint_matches({"state_dict": state}, model, ckpt)
-    model.load_state_dict(state)
-    return model
-
-
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    run_dir = _resolve_run(args.run, Path(args.runs_dir))
+    run_dir = resolve_run(args.run, Path(args.runs_dir))
     cfg = OmegaConf.load(run_dir / "config.yaml")
     num_classes = cfg.data.get("num_classes")
     if not num_classes:
@@ -89,7 +80,7 @@ def main(argv: list[str]) -> int:
     if args.random_init != "only":
         ckpt = Path(args.ckpt) if args.ckpt else find_checkpoint(str(run_dir), run_dir, run_dir)
         torch.manual_seed(cfg.seed)
-        results.update({f"eval/{k}": v for k, v in evaluate(_trained_model(cfg, ckpt), datamodule, num_classes, args).items()})
+        results.update({f"eval/{k}": v for k, v in evaluate(trained_objective(cfg.objective, ckpt), datamodule, num_classes, args).items()})
     if args.random_init != "skip":
         torch.manual_seed(cfg.seed)
         model = build(cfg.objective, "objective")

@@ -42,7 +42,8 @@ class KNNAccuracy(Metric):
         getattr(self, f"{prefix}_labels").append(labels.detach().long())
 
     def compute(self) -> Tensor:
-        if not self.bank_feats or not self.query_feats:
+        # list states before a sync; one concatenated tensor per state after torchmetrics gathers them over ranks
+        if any(isinstance(s, list) and not s for s in (self.bank_feats, self.query_feats)):
             return torch.tensor(float("nan"))
         bank, bank_labels = dim_zero_cat(self.bank_feats), dim_zero_cat(self.bank_labels)
         query, query_labels = dim_zero_cat(self.query_feats), dim_zero_cat(self.query_labels)

@@ -20,6 +20,7 @@ clips) from loader 0 (queries) and loader 1 (the kNN bank).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,9 +38,11 @@ from jepa_platform.losses.functional import LossOutput
 from jepa_platform.masking.collate import model_input
 from jepa_platform.metrics.embedding import EmbeddingStats, embedding_stats
 from jepa_platform.metrics.knn import KNNAccuracy
-from jepa_platform.optim import OptimizerFactory, param_groups, warmup_cosine
+from jepa_platform.optim import LR_SCALING, OptimizerFactory, lr_scale, param_groups, warmup_cosine
+from jepa_platform.parallel import FSDP2Strategy, shard_objective
 
 VAL_LOADER, BANK_LOADER = 0, 1
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,6 +70,10 @@ class SelfSupervisedObjective(L.LightningModule):
             ``None`` follows the Trainer's ``log_every_n_steps``.
         dead_threshold: standard deviation under which a dimension counts as dead.
         feature_dim: width of the representation that probes and statistics see (default: the encoder's).
+        lr_scaling: ``none``, ``linear`` or ``sqrt``: the optimiser's learning rate is the configured one times
+            ``(global batch / reference_batch_size)`` (or its square root), with global batch = per-rank batch x
+            ranks x gradient-accumulation steps; the online probe keeps its own rate.
+        reference_batch_size: the global batch size that the configured learning rate is meant for.
     """
 
     #: the objective takes clips (``frames``) as well as images
@@ -88,7 +95,11 @@ class SelfSupervisedObjective(L.LightningModule):
         stats_every_n_steps: int | None = None,
         dead_threshold: float = 1e-3,
         feature_dim: int | None = None,
+        lr_scaling: str = "none",
+        reference_batch_size: int = 256,
     ) -> None:
+        if lr_scaling not in LR_SCALING:
+            raise ConfigError(f"objective.lr_scaling={lr_scaling!r} is not one of {', '.join(LR_SCALING)}")
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "optimizer"])
         self.encoder = encoder
@@ -108,10 +119,23 @@ class SelfSupervisedObjective(L.LightningModule):
             raise ConfigError(f"{type(self).__name__} takes images, got clips {tuple(x.shape)}: use an image DataModule")
         return self.encoder(x)
 
+    def export_encoder(self) -> nn.Module:
+        """The encoder that ``jepa export`` writes for downstream use (the online encoder by default)."""
+        return self.encoder
+
     def train_collate(self, inner: Callable[[list[Any]], dict]) -> Callable[[list[Any]], dict]:
         """The DataModule's training collate, wrapped with what this objective samples per batch in the DataLoader
         workers (masks); ``jepa train`` installs it. Default: unchanged."""
         return inner
+
+    def configure_model(self) -> None:
+        """Shard encoders per block and heads with FSDP2 under ``trainer=fsdp`` (:mod:`jepa_platform.parallel`);
+        nothing under other strategies."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, FSDP2Strategy):
+            shard_objective(self, strategy.shard_mesh, strategy.reshard_after_forward, strategy.mp_policy)
+        elif self.device_mesh is not None:  # a plain ModelParallelStrategy: shard over its data-parallel dimension
+            shard_objective(self, self.device_mesh["data_parallel"])
 
     # -- shared logging -----------------------------------------------------------------------------------------
     def log_loss(self, out: LossOutput, energy: Tensor | None, batch_size: int) -> None:
@@ -169,20 +193,52 @@ class SelfSupervisedObjective(L.LightningModule):
             metric.reset()
 
     # -- optimisation -------------------------------------------------------------------------------------------
+    def global_batch_size(self) -> int | None:
+        """Samples per optimiser step over all ranks (``None`` when the per-rank batch size is unknown)."""
+        per_rank = _per_rank_batch_size(self.trainer)
+        return per_rank * self.trainer.world_size * self.trainer.accumulate_grad_batches if per_rank else None
+
+    def lr_factor(self) -> float:
+        """The learning-rate scaling factor of ``lr_scaling`` for this run's global batch size (1 for ``none``)."""
+        rule = self.hparams.lr_scaling
+        if rule == "none":
+            return 1.0
+        global_batch = self.global_batch_size()
+        if global_batch is None:
+            raise ConfigError(f"objective.lr_scaling={rule} needs the batch size: use a DataModule with a batch_size attribute, or lr_scaling=none")
+        factor = lr_scale(rule, global_batch, self.hparams.reference_batch_size)
+        if self.trainer.is_global_zero:
+            log.info("lr scaling %s: global batch %d / reference %d -> lr x %.4g", rule, global_batch, self.hparams.reference_batch_size, factor)
+        return factor
+
     def configure_optimizers(self) -> dict:
         # Every trainable module (encoder, projector, a subclass's predictor...) except the probe, which gets its own
         # group; frozen parameters (an EMA target) are skipped by param_groups.
         trained = nn.ModuleList([m for name, m in self.named_children() if name != "probe"])
         groups = param_groups(trained, self.hparams.weight_decay)
+        scaled = len(groups)  # lr_scaling applies to these groups, not to the probe's
         if self.probe is not None:
             probe_group: dict = {"params": list(self.probe.parameters()), "weight_decay": 0.0}
             if self.hparams.probe_lr is not None:
                 probe_group["lr"] = self.hparams.probe_lr
             groups.append(probe_group)
         optimizer = self.optimizer_factory(groups)
+        factor = self.lr_factor()
+        for group in optimizer.param_groups[:scaled]:
+            group["lr"] *= factor
         total = int(self.trainer.estimated_stepping_batches)
         schedule = warmup_cosine(total, int(self.hparams.warmup_frac * total), self.hparams.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+
+
+def _per_rank_batch_size(trainer: L.Trainer) -> int | None:
+    datamodule = getattr(trainer, "datamodule", None)
+    size = getattr(datamodule, "batch_size", None)
+    if size is None:
+        loader = getattr(trainer.fit_loop, "_combined_loader", None)
+        flat = loader.flattened if loader is not None else []
+        size = getattr(flat[0], "batch_size", None) if flat else None
+    return int(size) if size else None
 
 
 class JointEmbeddingObjective(SelfSupervisedObjective):

@@ -139,6 +139,10 @@ class MaskedJEPA(SelfSupervisedObjective):
     def eval_module(self) -> nn.Module:
         return self.target if self.hparams.eval_encoder == "target" else self.encoder
 
+    def export_encoder(self) -> nn.Module:
+        """The evaluation encoder (the EMA target by default), as I-JEPA releases its target encoder."""
+        return self.eval_module
+
     def forward(self, x: Tensor) -> Tensor:
         """Pooled features ``(B, D)`` of images or clips from the evaluation encoder (target by default)."""
         return self.eval_module(x)
