@@ -88,6 +88,26 @@ def _strategy(name: str, world_size: int) -> Any:
     return "auto"
 
 
+def _layout(model: torch.nn.Module) -> dict[str, Any]:
+    """How the trained model's parameters are laid out: the fraction that are sharded (DTensors), and whether every
+    EMA target parameter has the placements and local shard shape of its online parameter."""
+    from torch.distributed.tensor import DTensor
+
+    params = list(model.parameters())
+    pairs = [
+        (t, o) for target, online in getattr(model, "online_modules", list)() for t, o in zip(target.parameters(), online.parameters(), strict=True)
+    ]
+    same = all(
+        type(t) is type(o) and (not isinstance(t, DTensor) or (t.placements == o.placements and t.to_local().shape == o.to_local().shape))
+        for t, o in pairs
+    )
+    return {
+        "sharded_fraction": sum(isinstance(p, DTensor) for p in params) / len(params),
+        "ema_pairs": len(pairs),
+        "target_sharded_like_online": same,
+    }
+
+
 def _fit(overrides: list[str], world_size: int, rank: int, run: dict[str, Any], out: Path) -> dict:
     strategy, per_rank, steps, epoch_steps, resume = run["strategy"], run["per_rank"], run["steps"], run["epoch_steps"], run["resume"]
     model = build_objective(tuple(overrides), dtype=torch.float64)
@@ -122,14 +142,14 @@ def _fit(overrides: list[str], world_size: int, rank: int, run: dict[str, Any], 
     loader = DataLoader(_Batches(local), batch_size=None, sampler=sampler)
     if not resume:
         trainer().fit(model, loader)
-        return {"losses": recorder.losses}
+        return {"losses": recorder.losses, **_layout(model)}
     first = trainer(_StopAfterEpoch())
     first.fit(model, loader)
     ckpt = out / "resume.ckpt"
     first.save_checkpoint(ckpt)
     model = build_objective(tuple(overrides), seed=123, dtype=torch.float64)  # different init: resume must restore it
     trainer().fit(model, loader, ckpt_path=str(ckpt), weights_only=True)
-    return {"losses": recorder.losses, "checkpoint_is_dir": ckpt.is_dir()}
+    return {"losses": recorder.losses, "checkpoint_is_dir": ckpt.is_dir(), **_layout(model)}
 
 
 def _worker(rank: int, world_size: int, port: int, cases: dict[str, list[str]], run: dict[str, Any], out: str) -> None:
