@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -59,14 +60,35 @@ class _StreamSampler(torch.utils.data.Sampler):
             yield self.position - 1
 
 
-class _LossRecorder(L.Callback):
-    """``train/loss`` (averaged over ranks by the objective's logging) after every training batch."""
+def _local_bytes(tensors: Any) -> int:
+    from torch.distributed.tensor import DTensor
+
+    return sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in tensors if isinstance(t, torch.Tensor))
+
+
+class _Recorder(L.Callback):
+    """``train/loss`` (averaged over ranks by the objective's logging) after every training batch, the wall time of
+    each step after the first, and this rank's bytes of parameters, gradients and optimiser state."""
 
     def __init__(self) -> None:
         self.losses: list[float] = []
+        self.step_seconds: list[float] = []
+        self.grad_bytes = 0
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._start = time.perf_counter()
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        self.grad_bytes = max(self.grad_bytes, _local_bytes(p.grad for p in pl_module.parameters()))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.losses.append(float(trainer.callback_metrics["train/loss"]))
+        self.step_seconds.append(time.perf_counter() - self._start)
+
+    def memory(self, trainer: L.Trainer, model: torch.nn.Module) -> dict[str, int]:
+        states = [v for opt in trainer.optimizers for state in opt.state.values() for v in state.values()]
+        return {"param_bytes": _local_bytes(model.parameters()), "grad_bytes": self.grad_bytes, "optimizer_bytes": _local_bytes(states)}
 
 
 class _StopAfterEpoch(L.Callback):
@@ -110,10 +132,11 @@ def _layout(model: torch.nn.Module) -> dict[str, Any]:
 
 def _fit(overrides: list[str], world_size: int, rank: int, run: dict[str, Any], out: Path) -> dict:
     strategy, per_rank, steps, epoch_steps, resume = run["strategy"], run["per_rank"], run["steps"], run["epoch_steps"], run["resume"]
-    model = build_objective(tuple(overrides), dtype=torch.float64)
-    global_batches = [objective_batch(model, per_rank * world_size, seed=s, dtype=torch.float64) for s in range(steps)]
+    dtype = getattr(torch, run["dtype"])
+    model = build_objective(tuple(overrides), dtype=dtype)
+    global_batches = [objective_batch(model, per_rank * world_size, seed=s, dtype=dtype) for s in range(steps)]
     local = [_slice_batch(b, rank * per_rank, (rank + 1) * per_rank) for b in global_batches]
-    recorder = _LossRecorder()
+    recorder = _Recorder()
 
     per_epoch = epoch_steps or steps
     if steps % per_epoch:
@@ -124,7 +147,7 @@ def _fit(overrides: list[str], world_size: int, rank: int, run: dict[str, Any], 
             accelerator="cpu",
             devices=world_size,
             strategy=_strategy(strategy, world_size),
-            precision="32-true",  # the model and batches are float64 already (FSDP2 takes no 64-true)
+            precision="32-true",  # the model and batches are in run["dtype"] already (FSDP2 takes no 64-true)
             max_epochs=steps // per_epoch,
             logger=False,
             callbacks=[recorder, *callbacks],
@@ -141,13 +164,14 @@ def _fit(overrides: list[str], world_size: int, rank: int, run: dict[str, Any], 
     sampler = _StreamSampler(per_epoch)
     loader = DataLoader(_Batches(local), batch_size=None, sampler=sampler)
     if not resume:
-        trainer().fit(model, loader)
-        return {"losses": recorder.losses, **_layout(model)}
+        fitted = trainer()
+        fitted.fit(model, loader)
+        return {"losses": recorder.losses, "step_seconds": recorder.step_seconds[1:], **_layout(model), **recorder.memory(fitted, model)}
     first = trainer(_StopAfterEpoch())
     first.fit(model, loader)
     ckpt = out / "resume.ckpt"
     first.save_checkpoint(ckpt)
-    model = build_objective(tuple(overrides), seed=123, dtype=torch.float64)  # different init: resume must restore it
+    model = build_objective(tuple(overrides), seed=123, dtype=dtype)  # different init: resume must restore it
     trainer().fit(model, loader, ckpt_path=str(ckpt), weights_only=True)
     return {"losses": recorder.losses, "checkpoint_is_dir": ckpt.is_dir(), **_layout(model)}
 
@@ -176,11 +200,14 @@ def strategy_losses(
     epoch_steps: int = 2,
     resume: bool = False,
     trainer_kwargs: dict[str, Any] | None = None,
+    dtype: str = "float64",
 ) -> dict[str, dict[str, Any]]:
     """Per case, rank 0's ``{"losses": [train/loss after each step]}`` under ``strategy`` (``single``: one process on
     the global batches of ``world_size * per_rank`` samples), in epochs of ``epoch_steps`` steps. With ``resume``,
     the run stops after its first epoch and saves a checkpoint, and a freshly initialised model resumes from it.
-    ``trainer_kwargs`` go to the Trainer (e.g. ``gradient_clip_val``, ``accumulate_grad_batches``)."""
+    ``trainer_kwargs`` go to the Trainer (e.g. ``gradient_clip_val``, ``accumulate_grad_batches``). Uninterrupted
+    runs also report rank 0's ``step_seconds`` (every step after the first) and its ``param_bytes``, ``grad_bytes``
+    and ``optimizer_bytes`` (local shards under FSDP), for ``benchmarks/scaleout.py``."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r} is not one of {STRATEGIES}")
     procs = 1 if strategy == "single" else world_size
@@ -192,6 +219,7 @@ def strategy_losses(
             "epoch_steps": epoch_steps,
             "resume": resume,
             "trainer_kwargs": dict(trainer_kwargs or {}),
+            "dtype": dtype,
         }
         args = (procs, _free_port(), cases, run, out)
         mp.start_processes(_worker, args=args, nprocs=procs, start_method="spawn")

@@ -33,7 +33,7 @@ def test_help_lists_groups(tmp_path: Path, data_root: Path):
     lines = {line.split(": ")[0]: line.split(": ")[1].split(", ") for line in result.stdout.splitlines() if ": " in line}
     assert {"barlow", "invariance_only", "sigreg", "simclr", "vicreg", "simsiam"} <= set(lines["objective"])  # simsiam: the plugin
     assert {"resnet18", "resnet50", "tiny", "vit_tiny", "timm", "small_convnet"} <= set(lines["encoder"])
-    assert lines["trainer"] == ["cpu", "default", "gpu"]
+    assert lines["trainer"] == ["cpu", "ddp", "default", "fsdp", "gpu", "multinode"]
 
 
 def test_cfg_job_prints_config(tmp_path: Path, data_root: Path):
