@@ -9,6 +9,7 @@ must agree with one process within a relative 1e-9 (measured: ~1e-16). A Barlow 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,10 +20,12 @@ import pytest
 import torch
 
 from jepa_platform.checkpoints import read_state_dict
+from jepa_platform.errors import CheckpointError
 from jepa_platform.export import FORMAT, load_exported
 from jepa_platform.parity import strategy_losses
 from jepa_platform.registry import OBJECTIVES
 from jepa_platform.testing import _free_port
+from jepa_platform.train import RUN_INFO, run_train
 
 REL = 1e-9
 NEGATIVE_CONTROL = ["objective=barlow", "objective._target_=jepa_platform.testing.UngatheredBarlowTwins"]
@@ -151,3 +154,16 @@ def test_torchrun_two_nodes_on_loopback(tmp_path: Path, data_root: Path):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     (experiment,) = [e for e in client.search_experiments() if e.name != "Default"] or client.search_experiments()
     assert len(client.search_runs([experiment.experiment_id])) == 1  # logged once, by rank 0
+
+
+def test_lr_scaling_with_the_global_batch_and_no_reuse_of_a_run_directory(make_cfg):
+    """lr x (global batch / reference): debug=fast trains with 32 samples per step, so reference 64 halves the LARS
+    rate of the trained groups (0.2 -> 0.1) and leaves the probe's; a new run refuses a directory with checkpoints."""
+    cfg = make_cfg("objective.lr_scaling=linear", "objective.reference_batch_size=64", "trainer.max_epochs=1")
+    run_train(cfg)
+    info = json.loads((Path(cfg.paths.output_dir) / RUN_INFO).read_text())
+    client = mlflow.MlflowClient(tracking_uri=info["tracking_uri"])
+    first = {k: client.get_metric_history(info["run_id"], k)[0].value for k in client.get_run(info["run_id"]).data.metrics if k.startswith("lr-")}
+    assert sorted(first.values()) == pytest.approx([0.1, 0.1, 0.2])  # weights, norms/biases (scaled); probe (not)
+    with pytest.raises(CheckpointError, match="already holds checkpoints of another run"):
+        run_train(cfg)
