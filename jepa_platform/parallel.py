@@ -31,7 +31,8 @@ from torch.distributed.tensor import DTensor
 
 #: methods of :class:`~jepa_platform.encoders.TimmEncoder` that objectives call instead of ``forward``
 ENCODER_FORWARD_METHODS = ("embed_tokens", "encode_tokens", "pool_tokens", "forward_tokens")
-PARAM_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# fp16 is left out: it needs loss scaling, which the FSDP2 path of Lightning does not set up (use bf16)
+PARAM_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -40,8 +41,9 @@ class FSDP2Strategy(ModelParallelStrategy):
     Args:
         reshard_after_forward: free gathered parameters after each unit's forward (less memory, one more all-gather
             in backward); ``False`` keeps them until backward (ZeRO-2-like, faster).
-        param_dtype: ``bf16`` / ``fp16`` to gather and compute in that dtype with fp32 sharded master weights
-            (FSDP2's mixed precision); ``null`` leaves precision to ``trainer.precision`` (autocast).
+        param_dtype: ``bf16`` to gather and compute in bf16 with fp32 sharded master weights (FSDP2's mixed
+            precision); ``null`` leaves precision to ``trainer.precision`` (autocast: ``bf16-mixed`` or ``32-true``;
+            Lightning's FSDP2 path has no ``16-mixed``).
         reduce_dtype: dtype of the gradient reduce-scatter when ``param_dtype`` is set (default fp32).
         save_distributed_checkpoint: each rank writes its shards (a checkpoint directory); ``False`` gathers a
             single-file checkpoint on rank 0 (needs the whole model in CPU memory).

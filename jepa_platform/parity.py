@@ -143,11 +143,11 @@ def _fit(overrides: list[str], world_size: int, rank: int, run: dict[str, Any], 
         raise ValueError(f"epoch_steps={epoch_steps} must divide steps={steps}")
 
     def trainer(*callbacks: L.Callback) -> L.Trainer:
+        options = {"precision": "32-true", **run["trainer_kwargs"]}  # float64 runs: the model and batches are float64
         return L.Trainer(
             accelerator="cpu",
             devices=world_size,
             strategy=_strategy(strategy, world_size),
-            precision="32-true",  # the model and batches are in run["dtype"] already (FSDP2 takes no 64-true)
             max_epochs=steps // per_epoch,
             logger=False,
             callbacks=[recorder, *callbacks],
@@ -158,7 +158,7 @@ def _fit(overrides: list[str], world_size: int, rank: int, run: dict[str, Any], 
             num_sanity_val_steps=0,
             use_distributed_sampler=False,
             default_root_dir=str(out),
-            **run["trainer_kwargs"],
+            **options,
         )
 
     sampler = _StreamSampler(per_epoch)

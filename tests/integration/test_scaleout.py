@@ -77,6 +77,19 @@ def test_clipping_and_accumulation_under_fsdp_match_one_process():
     assert not _same_losses(unclipped["barlow"]["losses"], reference["barlow"]["losses"])  # clipping was active
 
 
+@pytest.mark.slow
+def test_bf16_autocast_under_fsdp_matches_one_process():
+    """trainer.precision=bf16-mixed (CPU autocast) in float32: FSDP and one process agree to bf16 rounding."""
+    cases = {name: [f"objective={name}"] for name in ("vicreg", "ema_jepa")}
+    kwargs = {"precision": "bf16-mixed"}
+    reference = strategy_losses(cases, "single", dtype="float32", trainer_kwargs=kwargs)
+    found = strategy_losses(cases, "fsdp", dtype="float32", trainer_kwargs=kwargs)
+    full = strategy_losses(cases, "single", dtype="float32")
+    for name in cases:
+        assert found[name]["losses"] == pytest.approx(reference[name]["losses"], rel=2e-2), name
+    assert reference["vicreg"]["losses"] != full["vicreg"]["losses"]  # autocast was active
+
+
 # -- the command line -------------------------------------------------------------------------------------------------
 def _env(tmp_path: Path, data_root: Path) -> dict[str, str]:
     return {**os.environ, "JEPA_DATA_DIR": str(data_root), "JEPA_RUNS_DIR": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1"}
