@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
 
+from jepa_platform.errors import ConfigError
+
 #: methods of :class:`~jepa_platform.encoders.TimmEncoder` that objectives call instead of ``forward``
 ENCODER_FORWARD_METHODS = ("embed_tokens", "encode_tokens", "pool_tokens", "forward_tokens")
 # fp16 is left out: it needs loss scaling, which the FSDP2 path of Lightning does not set up (use bf16)
@@ -142,7 +144,7 @@ def shard_objective(objective: nn.Module, mesh: Any, reshard_after_forward: bool
     broadcast_from_rank0(objective)
     own = [name for name, _ in objective.named_parameters(recurse=False)]
     if own:
-        raise TypeError(f"{type(objective).__name__} holds parameters directly ({', '.join(own)}): FSDP shards submodules; move them into a module")
+        raise ConfigError(f"{type(objective).__name__} holds parameters directly ({', '.join(own)}): FSDP shards submodules; move them into a module")
     for child in objective.children():
         shard(child)
 
