@@ -78,41 +78,41 @@ def _sharded_metadata(path: Path) -> Any:
         raise CheckpointError(f"cannot read the sharded checkpoint {path}: {_first_line(exc)}: is a rank's shard file missing?") from exc
 
 
+def _sharded_weights(path: Path, prefix: str = "") -> dict[str, Any]:
+    """The metadata entries of the model weights (``state_dict.<prefix>...``) of a sharded checkpoint, by full key."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    meta = _sharded_metadata(path).state_dict_metadata
+    return {k: v for k, v in meta.items() if k.startswith("state_dict." + prefix) and isinstance(v, TensorStorageMetadata)}
+
+
 def state_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Names and shapes of the model weights in a checkpoint, without loading them where it can (sharded)."""
     if not is_sharded(path):
         return {k: tuple(v.shape) for k, v in load_checkpoint(path).get("state_dict", {}).items()}
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    meta = _sharded_metadata(path).state_dict_metadata
-    prefix = "state_dict."
-    return {k[len(prefix) :]: tuple(v.size) for k, v in meta.items() if k.startswith(prefix) and isinstance(v, TensorStorageMetadata)}
+    return {k.removeprefix("state_dict."): tuple(v.size) for k, v in _sharded_weights(path).items()}
 
 
-def read_state_dict(path: Path, prefix: str = "") -> dict[str, Tensor]:
-    """The consolidated model weights of a checkpoint (keys starting with ``prefix``), as full CPU tensors.
+def read_checkpoint(path: Path, prefix: str = "") -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The consolidated model weights of a checkpoint (keys starting with ``prefix``) as full CPU tensors, and the
+    rest of the checkpoint (``global_step``, loops, callbacks...), each read once.
 
     A sharded checkpoint is read shard by shard into full tensors on this process (no process group needed)."""
+    meta = load_checkpoint(path)
     if not is_sharded(path):
-        state = load_checkpoint(path).get("state_dict", {})
-        return {k: v for k, v in state.items() if k.startswith(prefix)}
+        state = meta.pop("state_dict", {})
+        return {k: v for k, v in state.items() if k.startswith(prefix)}, meta
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    meta = _sharded_metadata(path).state_dict_metadata
-    wanted = {
-        k: torch.empty(tuple(v.size), dtype=v.properties.dtype)
-        for k, v in meta.items()
-        if k.startswith("state_dict." + prefix) and isinstance(v, TensorStorageMetadata)
-    }
+    wanted = {k: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in _sharded_weights(path, prefix).items()}
     try:
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.simplefilter("ignore", UserWarning)
             dcp.load(wanted, storage_reader=FileSystemReader(str(path)), no_dist=True)
     except Exception as exc:
         raise CheckpointError(f"cannot read the sharded checkpoint {path}: {_first_line(exc)}") from exc
-    return {k.removeprefix("state_dict."): v for k, v in wanted.items()}
+    return {k.removeprefix("state_dict."): v for k, v in wanted.items()}, meta
 
 
 def check_checkpoint_matches(found: dict[str, tuple[int, ...]], model: nn.Module, path: Path) -> None:
@@ -130,14 +130,15 @@ def check_checkpoint_matches(found: dict[str, tuple[int, ...]], model: nn.Module
         raise CheckpointError(f"{path} does not match this model ({detail}): resume with the objective and encoder config of the run that wrote it")
 
 
-def trained_objective(objective_cfg: Any, ckpt: Path) -> nn.Module:
-    """The objective of a run's config with the weights of ``ckpt`` (file or sharded), on CPU."""
+def trained_objective(objective_cfg: Any, ckpt: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The objective of a run's config with the weights of ``ckpt`` (file or sharded), on CPU, and the rest of the
+    checkpoint (``global_step``...)."""
     from jepa_platform.train import build
 
     model = build(objective_cfg, "objective")
-    state = read_state_dict(ckpt)
+    state, meta = read_checkpoint(ckpt)
     if not any(k.startswith("encoder.") for k in state):
         raise CheckpointError(f"{ckpt} has no encoder weights (state_dict keys 'encoder.*'): give a checkpoint written by jepa train")
     check_checkpoint_matches({k: tuple(v.shape) for k, v in state.items()}, model, ckpt)
     model.load_state_dict(state)
-    return model
+    return model, meta

@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 def export_record(run_dir: Path, ckpt: Path) -> dict[str, Any]:
     """The export dict of ``ckpt``, a checkpoint of the run in ``run_dir`` (see module docstring)."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    model = trained_objective(cfg.objective, ckpt)
+    model, meta = trained_objective(cfg.objective, ckpt)
     encoder = model.export_encoder() if hasattr(model, "export_encoder") else model.encoder
     module = next((name for name, child in model.named_children() if child is encoder), "encoder")
     record: dict[str, Any] = {
@@ -59,7 +59,7 @@ def export_record(run_dir: Path, ckpt: Path) -> dict[str, Any]:
             "checkpoint": str(ckpt.resolve()),
             "objective": str(cfg.objective._target_),
             "module": module,
-            "global_step": int(load_checkpoint(ckpt).get("global_step", -1)),
+            "global_step": int(meta.get("global_step", -1)),
         },
     }
     if isinstance(encoder, TimmEncoder):
@@ -75,10 +75,8 @@ def export_record(run_dir: Path, ckpt: Path) -> dict[str, Any]:
     return record
 
 
-def write_atomic(record: dict[str, Any], out: Path, force: bool) -> None:
+def write_atomic(record: dict[str, Any], out: Path) -> None:
     """Write via a temporary file in the same directory and rename, so an existing file is never half-replaced."""
-    if out.exists() and not force:
-        raise ConfigError(f"{out} exists: give another --out, or --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
     os.close(fd)
@@ -92,10 +90,7 @@ def write_atomic(record: dict[str, Any], out: Path, force: bool) -> None:
 
 def load_exported(path: str | Path) -> nn.Module:
     """Rebuild the encoder of a ``jepa export`` file (``weights_only=True``), in eval mode."""
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot load {path} safely (weights_only=True): {str(exc).strip().splitlines()[0]}") from exc
+    record = load_checkpoint(Path(path))
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a jepa export file (format {FORMAT}): write one with jepa export <run>")
     if "timm_name" in record:
@@ -117,10 +112,10 @@ def main(argv: list[str]) -> int:
     run_dir = resolve_run(args.run, Path(args.runs_dir))
     ckpt = Path(args.ckpt) if args.ckpt else find_checkpoint(str(run_dir), run_dir, run_dir)
     out = Path(args.out) if args.out else run_dir / "encoder.pt"
-    if out.exists() and not args.force:
+    if out.exists() and not args.force:  # before the export's work, not after
         raise ConfigError(f"{out} exists: give another --out, or --force to replace it")
     record = export_record(run_dir, ckpt)
-    write_atomic(record, out, args.force)
+    write_atomic(record, out)
     n = sum(v.numel() for v in record["state_dict"].values())
     print(f"wrote {out}: {record['source']['module']} of {ckpt} ({n / 1e6:.2f}M parameters, step {record['source']['global_step']})")
     print(f"load: jepa_platform.export.load_exported('{out}'), or torch.load(..., weights_only=True)['state_dict']")

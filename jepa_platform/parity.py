@@ -23,24 +23,12 @@ from typing import Any
 import lightning as L
 import torch
 import torch.multiprocessing as mp
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from jepa_platform.parallel import local_tensor, paired_local_tensors
 from jepa_platform.testing import _free_port, _slice_batch, build_objective, objective_batch
 
 STRATEGIES = ("single", "ddp", "fsdp")
-
-
-class _Batches(Dataset):
-    """Precomputed batches, one per index (used with ``batch_size=None``)."""
-
-    def __init__(self, batches: list[Any]) -> None:
-        self.batches = batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.batches[i]
 
 
 class _StreamSampler(torch.utils.data.Sampler):
@@ -61,9 +49,7 @@ class _StreamSampler(torch.utils.data.Sampler):
 
 
 def _local_bytes(tensors: Any) -> int:
-    from torch.distributed.tensor import DTensor
-
-    return sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in tensors if isinstance(t, torch.Tensor))
+    return sum(local_tensor(t).nbytes for t in tensors if isinstance(t, torch.Tensor))
 
 
 class _Recorder(L.Callback):
@@ -98,7 +84,7 @@ class _StopAfterEpoch(L.Callback):
         trainer.should_stop = True
 
 
-def _strategy(name: str, world_size: int) -> Any:
+def _strategy(name: str) -> Any:
     from lightning.pytorch.strategies import DDPStrategy
 
     from jepa_platform.parallel import FSDP2Strategy
@@ -116,16 +102,16 @@ def _layout(model: torch.nn.Module) -> dict[str, Any]:
     from torch.distributed.tensor import DTensor
 
     params = list(model.parameters())
-    pairs = [
-        (t, o) for target, online in getattr(model, "online_modules", list)() for t, o in zip(target.parameters(), online.parameters(), strict=True)
-    ]
-    same = all(
-        type(t) is type(o) and (not isinstance(t, DTensor) or (t.placements == o.placements and t.to_local().shape == o.to_local().shape))
-        for t, o in pairs
-    )
+    pairs = [(list(target.parameters()), list(online.parameters())) for target, online in getattr(model, "online_modules", list)()]
+    try:
+        for targets, onlines in pairs:
+            paired_local_tensors(targets, onlines)
+        same = True
+    except ValueError:
+        same = False
     return {
         "sharded_fraction": sum(isinstance(p, DTensor) for p in params) / len(params),
-        "ema_pairs": len(pairs),
+        "ema_pairs": sum(len(targets) for targets, _ in pairs),
         "target_sharded_like_online": same,
     }
 
@@ -147,7 +133,7 @@ def _fit(overrides: list[str], world_size: int, rank: int, run: dict[str, Any], 
         return L.Trainer(
             accelerator="cpu",
             devices=world_size,
-            strategy=_strategy(strategy, world_size),
+            strategy=_strategy(strategy),
             max_epochs=steps // per_epoch,
             logger=False,
             callbacks=[recorder, *callbacks],
@@ -162,7 +148,7 @@ def _fit(overrides: list[str], world_size: int, rank: int, run: dict[str, Any], 
         )
 
     sampler = _StreamSampler(per_epoch)
-    loader = DataLoader(_Batches(local), batch_size=None, sampler=sampler)
+    loader = DataLoader(local, batch_size=None, sampler=sampler)
     if not resume:
         fitted = trainer()
         fitted.fit(model, loader)

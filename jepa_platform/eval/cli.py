@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
     if args.random_init != "only":
         ckpt = Path(args.ckpt) if args.ckpt else find_checkpoint(str(run_dir), run_dir, run_dir)
         torch.manual_seed(cfg.seed)
-        results.update({f"eval/{k}": v for k, v in evaluate(trained_objective(cfg.objective, ckpt), datamodule, num_classes, args).items()})
+        results.update({f"eval/{k}": v for k, v in evaluate(trained_objective(cfg.objective, ckpt)[0], datamodule, num_classes, args).items()})
     if args.random_init != "skip":
         torch.manual_seed(cfg.seed)
         model = build(cfg.objective, "objective")

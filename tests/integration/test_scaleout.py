@@ -19,7 +19,7 @@ import mlflow
 import pytest
 import torch
 
-from jepa_platform.checkpoints import read_state_dict
+from jepa_platform.checkpoints import read_checkpoint
 from jepa_platform.errors import CheckpointError
 from jepa_platform.export import FORMAT, load_exported
 from jepa_platform.parity import strategy_losses
@@ -127,7 +127,7 @@ def test_fsdp_run_from_the_command_line_resumes_exports_and_evaluates(tmp_path: 
     assert exported.returncode == 0, exported.stderr[-3000:]
     record = torch.load(out, weights_only=True)
     assert record["format"] == FORMAT and record["timm_name"] == "test_vit" and record["source"]["module"] == "target"
-    target = read_state_dict(second / "checkpoints" / "last.ckpt", prefix="target.model.")
+    target, _ = read_checkpoint(second / "checkpoints" / "last.ckpt", prefix="target.model.")
     assert set(record["state_dict"]) == {k.removeprefix("target.model.") for k in target}
     for key, value in target.items():
         assert torch.equal(record["state_dict"][key.removeprefix("target.model.")], value), key
