@@ -118,7 +118,8 @@ def broadcast_from_rank0(module: nn.Module) -> None:
 def shard_objective(objective: nn.Module, mesh: Any, reshard_after_forward: bool = True, mp_policy: MixedPrecisionPolicy | None = None) -> None:
     """Apply ``fully_shard`` to the objective's encoders (per block) and heads (see module docstring).
 
-    Idempotent: a module that is already an FSDP unit is left as it is.
+    Idempotent: modules that are already FSDP units are left as they are, and weights are broadcast only before
+    anything is sharded.
     """
     from jepa_platform.encoders.timm_encoder import TimmEncoder
 
@@ -141,7 +142,9 @@ def shard_objective(objective: nn.Module, mesh: Any, reshard_after_forward: bool
             for method in ENCODER_FORWARD_METHODS:
                 register_fsdp_forward_method(module, method)
 
-    broadcast_from_rank0(objective)
+    # Lightning calls configure_model again for validate/test: broadcasting rank 0's tensors over shards would mix them
+    if not any(isinstance(m, FSDPModule) for m in objective.modules()):
+        broadcast_from_rank0(objective)
     own = [name for name, _ in objective.named_parameters(recurse=False)]
     if own:
         raise ConfigError(f"{type(objective).__name__} holds parameters directly ({', '.join(own)}): FSDP shards submodules; move them into a module")

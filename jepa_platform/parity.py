@@ -152,7 +152,14 @@ def _fit(overrides: list[str], world_size: int, rank: int, run: dict[str, Any], 
     if not resume:
         fitted = trainer()
         fitted.fit(model, loader)
-        return {"losses": recorder.losses, "step_seconds": recorder.step_seconds[1:], **_layout(model), **recorder.memory(fitted, model)}
+        result = {"losses": recorder.losses, "step_seconds": recorder.step_seconds[1:], **_layout(model), **recorder.memory(fitted, model)}
+        if run["validate_after"]:  # Lightning calls configure_model again: the trained weights must stay as they are
+            before = [local_tensor(p).clone() for p in model.parameters()]
+            images = [{"image": b["views"][0], "label": b["label"]} for b in local]
+            fitted.validate(model, DataLoader(images, batch_size=None), verbose=False)
+            pairs = zip(model.parameters(), before, strict=True)
+            result["changed_by_validate"] = max((float((local_tensor(p) - q).abs().max()) for p, q in pairs if q.numel()), default=0.0)
+        return result
     first = trainer(_StopAfterEpoch())
     first.fit(model, loader)
     ckpt = out / "resume.ckpt"
@@ -187,13 +194,15 @@ def strategy_losses(
     resume: bool = False,
     trainer_kwargs: dict[str, Any] | None = None,
     dtype: str = "float64",
+    validate_after: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Per case, rank 0's ``{"losses": [train/loss after each step]}`` under ``strategy`` (``single``: one process on
     the global batches of ``world_size * per_rank`` samples), in epochs of ``epoch_steps`` steps. With ``resume``,
     the run stops after its first epoch and saves a checkpoint, and a freshly initialised model resumes from it.
     ``trainer_kwargs`` go to the Trainer (e.g. ``gradient_clip_val``, ``accumulate_grad_batches``). Uninterrupted
     runs also report rank 0's ``step_seconds`` (every step after the first) and its ``param_bytes``, ``grad_bytes``
-    and ``optimizer_bytes`` (local shards under FSDP), for ``benchmarks/scaleout.py``."""
+    and ``optimizer_bytes`` (local shards under FSDP), for ``benchmarks/scaleout.py``. With ``validate_after``, the
+    fitted Trainer then validates the model and ``changed_by_validate`` is the largest change of a weight."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r} is not one of {STRATEGIES}")
     procs = 1 if strategy == "single" else world_size
@@ -206,6 +215,7 @@ def strategy_losses(
             "resume": resume,
             "trainer_kwargs": dict(trainer_kwargs or {}),
             "dtype": dtype,
+            "validate_after": validate_after,
         }
         args = (procs, _free_port(), cases, run, out)
         mp.start_processes(_worker, args=args, nprocs=procs, start_method="spawn")

@@ -65,6 +65,15 @@ def test_every_objective_resumes_from_a_sharded_checkpoint_with_the_same_losses(
         assert _same_losses(resumed[name]["losses"], single[name]["losses"]), f"{name}: {resumed[name]['losses']} vs {single[name]['losses']}"
 
 
+def test_validate_after_fit_under_fsdp_keeps_the_weights():
+    """Lightning calls configure_model again for trainer.validate: sharding must not run twice (it used to broadcast
+    rank 0's tensors over the shards, which failed on DTensors)."""
+    cases = {name: [f"objective={name}"] for name in ("vicreg", "ema_jepa")}
+    found = strategy_losses(cases, "fsdp", steps=2, epoch_steps=2, validate_after=True)
+    for name in cases:
+        assert found[name]["changed_by_validate"] == 0.0, name
+
+
 @pytest.mark.slow
 def test_clipping_and_accumulation_under_fsdp_match_one_process():
     cases = {name: [f"objective={name}"] for name in ("barlow", "ema_jepa")}
