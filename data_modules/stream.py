@@ -192,7 +192,7 @@ class ShardStream(IterableDataset):
         self.num_workers, self.seed, self.shuffle_buffer = num_workers, seed, shuffle_buffer
         self.start_epoch, self.skip_batches, self.limit = start_epoch, skip_batches, limit
         self.max_error_rate = max_error_rate
-        self._iterations = 0
+        self.iterations = 0  # epochs started; a resume position applies before the first
         if mode != "eval" and not batches_per_rank:
             raise ValueError("training streams need batches_per_rank >= 1")
 
@@ -299,9 +299,9 @@ class ShardStream(IterableDataset):
             skip_items = 0
 
     def __iter__(self) -> Iterator[dict]:
-        epoch = self.start_epoch + self._iterations
-        skip = self.skip_batches if self._iterations == 0 else 0
-        self._iterations += 1
+        epoch = self.start_epoch + self.iterations
+        skip = self.skip_batches if self.iterations == 0 else 0
+        self.iterations += 1
         info = get_worker_info()
         worker = info.id if info is not None else 0
         if info is not None and info.num_workers != self._workers:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,17 +33,42 @@ def rank_and_world(trainer: L.Trainer | None) -> tuple[int, int]:
     return 0, 1
 
 
-def resume_position(trainer: L.Trainer | None) -> tuple[int, int]:
-    """``(epoch, batches already trained in it)`` that a fit restored from a mid-epoch checkpoint continues from.
+@dataclass(frozen=True)
+class DataPosition:
+    """Where training stands in the epoch plan: ``epoch`` and the batches of it already trained on this rank, with
+    the plan they count in (a position means the same batches only under the same plan)."""
 
-    Lightning restores its loop progress before it asks for the train loader; ``processed`` counts the batches
-    whose training step ran, which is what Lightning itself skips when it resumes.
-    """
-    if trainer is None:
-        return 0, 0
-    fit_loop = trainer.fit_loop
-    skip = fit_loop.epoch_loop.batch_progress.current.processed if fit_loop.restarting else 0
-    return trainer.current_epoch, skip
+    epoch: int = 0
+    batches: int = 0
+    world_size: int = 1
+    batch_size: int = 0
+    num_workers: int = 0
+    batches_per_rank: int = 0
+    seed: int = 0
+
+    def continued(self, plan: DataPosition) -> DataPosition:
+        """This position carried into ``plan`` (this run's settings): the next epoch after a finished one; after a
+        change of world size, batch size or epoch length, the same share of the interrupted epoch (not exact)."""
+        epoch, batches = self.epoch, self.batches
+        if self.batches_per_rank and batches >= self.batches_per_rank:
+            epoch, batches = epoch + 1, 0
+        same = (self.world_size, self.batch_size, self.num_workers, self.batches_per_rank, self.seed) == (
+            plan.world_size,
+            plan.batch_size,
+            plan.num_workers,
+            plan.batches_per_rank,
+            plan.seed,
+        )
+        if not same and batches:
+            samples = batches * self.world_size * self.batch_size
+            batches = min(samples // max(plan.world_size * plan.batch_size, 1), max(plan.batches_per_rank - 1, 0))
+            log.warning(
+                "the data plan changed since the checkpoint (world size, batch size, workers, epoch length or seed): "
+                "epoch %d continues after %d batches per rank, and is no longer the same batches as the interrupted run",
+                epoch,
+                batches,
+            )
+        return replace(plan, epoch=epoch, batches=batches)
 
 
 class StreamingDataModule(L.LightningDataModule):
@@ -104,6 +130,8 @@ class StreamingDataModule(L.LightningDataModule):
         self._sizes: dict[str, list[int] | None] = {}
         self._dataset_dir = self._find_dataset_dir()
         self.manifest = read_manifest(self._dataset_dir) if self._dataset_dir else None
+        self._train: ShardStream | None = None
+        self._restored: DataPosition | None = None
 
     # -- hooks for subclasses -----------------------------------------------------------------------------------
     def train_process(self) -> Callable[[dict], list[Any]]:
@@ -225,10 +253,38 @@ class StreamingDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        epoch, skip = resume_position(self.trainer)
-        if skip:
-            log.info("resuming epoch %d after %d batches: those are re-read and dropped, not decoded", epoch, skip)
-        return self._loader(self.train_stream(epoch, skip), persistent=True)
+        self._train = self.train_stream()
+        self._place(self._train)
+        return self._loader(self._train, persistent=True)
+
+    # -- resumable state ----------------------------------------------------------------------------------------
+    # The data position is checkpointed with the model (Lightning stores a DataModule's state_dict in every
+    # checkpoint) instead of being read from the trainer's loops when the loader is built: Lightning builds the
+    # loader before it restores its loops whenever something asks for ``estimated_stepping_batches`` first.
+    def _plan(self) -> DataPosition:
+        _, world = self._rank_world
+        return DataPosition(0, 0, world, self.batch_size, self.num_workers, self.train_batches_per_rank(), self.seed)
+
+    def _place(self, stream: ShardStream) -> None:
+        """Start ``stream`` at the restored position (if any); only before its first iteration."""
+        if self._restored is not None and stream.iterations == 0:
+            position = self._restored.continued(self._plan())
+            stream.start_epoch, stream.skip_batches = position.epoch, position.batches
+            if position.batches:
+                log.info("resuming epoch %d after %d batches: those are re-read and dropped, not decoded", position.epoch, position.batches)
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"position": asdict(replace(self._plan(), epoch=trainer.current_epoch, batches=done))}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "position" in state_dict:
+            self._restored = DataPosition(**state_dict["position"])
+            if self._train is not None:
+                self._place(self._train)
 
     def eval_dataloader(self, split: str, limit: int | None = None) -> DataLoader:
         """Un-augmented batches of ``split`` ("train" or "val"), each sample once over all ranks; at most ``limit``."""

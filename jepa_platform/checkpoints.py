@@ -24,34 +24,65 @@ def is_sharded(path: Path) -> bool:
     return path.is_dir() and (path / SHARDED_META).is_file()
 
 
-def _is_checkpoint(path: Path) -> bool:
-    return path.is_file() or is_sharded(path)
+def checkpoint_step(path: Path) -> int | None:
+    """The ``global_step`` of a complete checkpoint (file or sharded directory), read without its weights
+    (memory-mapped); ``None`` for anything incomplete or unreadable (a file cut short by a kill, a directory
+    without its manifest)."""
+    try:
+        if path.is_dir():
+            if not is_sharded(path):
+                return None
+            from jepa_platform.untrusted import verify_manifest
+
+            verify_manifest(path)
+            meta = torch.load(path / SHARDED_META, map_location="cpu", weights_only=True)
+        elif path.is_file():
+            meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        else:
+            return None
+        return int(meta["global_step"])
+    except Exception:
+        return None
+
+
+def newest_checkpoint(directory: Path) -> Path | None:
+    """The complete checkpoint with the highest ``global_step`` among ``directory``'s ``*.ckpt`` (ties: the most
+    recently written), whichever file it is: ``last.ckpt`` is written after the epoch file, so it can be the older."""
+    found = [(step, p.stat().st_mtime, p) for p in directory.glob("*.ckpt") if (step := checkpoint_step(p)) is not None]
+    return max(found, key=lambda t: (t[0], t[1]))[2] if found else None
 
 
 def find_checkpoint(spec: str, runs_dir: Path, output_dir: Path) -> Path:
-    """A checkpoint (file or sharded directory) from ``last`` (this run's, else the newest under ``runs_dir``), a run
-    directory or a path."""
+    """A checkpoint (file or sharded directory) from ``last``, a run directory or a path.
+
+    ``last`` is the newest complete checkpoint of this run (``output_dir``), else of the run under ``runs_dir``
+    that wrote a checkpoint most recently; a run directory gives its own newest complete checkpoint."""
     if spec == "last":
-        own = output_dir / "checkpoints" / "last.ckpt"
-        if _is_checkpoint(own):
+        own = newest_checkpoint(output_dir / "checkpoints")
+        if own is not None:
             return own
-        found = sorted((p for p in runs_dir.glob("**/checkpoints/last.ckpt") if _is_checkpoint(p)), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise CheckpointError(
-                f"ckpt_path=last: no checkpoints/last.ckpt under {runs_dir}: train a run first, or give ckpt_path=<file or run dir>"
-            )
-        return found[-1]
+        runs = sorted((p for p in runs_dir.glob("**/checkpoints") if p.is_dir()), key=_latest_write)
+        for checkpoints in reversed(runs):
+            found = newest_checkpoint(checkpoints)
+            if found is not None:
+                return found
+        raise CheckpointError(f"ckpt_path=last: no complete checkpoint under {runs_dir}: train a run first, or give ckpt_path=<file or run dir>")
     path = Path(spec).expanduser()
     if is_sharded(path):
         return path
     if path.is_dir():
-        for candidate in (path / "checkpoints" / "last.ckpt", path / "last.ckpt"):
-            if _is_checkpoint(candidate):
-                return candidate
-        raise CheckpointError(f"ckpt_path={spec}: the directory has no checkpoints/last.ckpt: give a .ckpt file or a run directory")
+        for candidate in (path / "checkpoints", path):
+            found = newest_checkpoint(candidate) if candidate.is_dir() else None
+            if found is not None:
+                return found
+        raise CheckpointError(f"ckpt_path={spec}: the directory holds no complete checkpoint: give a .ckpt file or a run directory")
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={spec} does not exist: give a .ckpt file, a run directory, or ckpt_path=last")
     return path
+
+
+def _latest_write(checkpoints: Path) -> float:
+    return max((p.stat().st_mtime for p in checkpoints.glob("*.ckpt")), default=0.0)
 
 
 def _first_line(exc: Exception) -> str:
@@ -63,19 +94,28 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint file safely (tensors and plain containers only); an unreadable file is a one-line error.
     For a sharded directory: its metadata (``meta.pt``) without the weights."""
     target = path / SHARDED_META if is_sharded(path) else path
+    if is_sharded(path):
+        from jepa_platform.untrusted import verify_manifest
+
+        verify_manifest(path)
     try:
         return torch.load(target, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot load {path} safely (weights_only=True): {_first_line(exc)}") from exc
+        if "Weights only load failed" in str(exc):
+            raise CheckpointError(
+                f"{path} holds objects other than tensors and plain values, which are not loaded because that could run code: "
+                "use a checkpoint written by jepa train"
+            ) from exc
+        raise CheckpointError(
+            f"cannot load {path}: not a readable checkpoint (truncated, damaged or not written by torch.save): {_first_line(exc)}"
+        ) from exc
 
 
 def _sharded_metadata(path: Path) -> Any:
-    from torch.distributed.checkpoint import FileSystemReader
+    """The DCP metadata of a sharded checkpoint the platform wrote (verified manifest, restricted unpickler)."""
+    from jepa_platform.untrusted import read_dcp_metadata
 
-    try:
-        return FileSystemReader(str(path)).read_metadata()
-    except Exception as exc:
-        raise CheckpointError(f"cannot read the sharded checkpoint {path}: {_first_line(exc)}: is a rank's shard file missing?") from exc
+    return read_dcp_metadata(path)
 
 
 def _sharded_weights(path: Path, prefix: str = "") -> dict[str, Any]:
@@ -102,14 +142,15 @@ def read_checkpoint(path: Path, prefix: str = "") -> tuple[dict[str, Tensor], di
     if not is_sharded(path):
         state = meta.pop("state_dict", {})
         return {k: v for k, v in state.items() if k.startswith(prefix)}, meta
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import FileSystemReader
+    from jepa_platform.untrusted import dcp_load
 
     wanted = {k: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in _sharded_weights(path, prefix).items()}
     try:
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.simplefilter("ignore", UserWarning)
-            dcp.load(wanted, storage_reader=FileSystemReader(str(path)), no_dist=True)
+            dcp_load(wanted, path, no_dist=True)
+    except CheckpointError:
+        raise
     except Exception as exc:
         raise CheckpointError(f"cannot read the sharded checkpoint {path}: {_first_line(exc)}") from exc
     return {k.removeprefix("state_dict."): v for k, v in wanted.items()}, meta
@@ -128,6 +169,41 @@ def check_checkpoint_matches(found: dict[str, tuple[int, ...]], model: nn.Module
             if keys
         )
         raise CheckpointError(f"{path} does not match this model ({detail}): resume with the objective and encoder config of the run that wrote it")
+
+
+#: key of the platform's own record in every checkpoint (see ``SelfSupervisedObjective.on_save_checkpoint``)
+RECORD_KEY = "jepa_platform"
+
+
+def class_path(obj: Any) -> str:
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def check_same_objective(path: Path, model: nn.Module) -> dict[str, Any] | None:
+    """Fail before training (and before MLflow is touched) if ``path`` was written by another objective than
+    ``model``'s, as recorded in the checkpoint or, for older checkpoints, in its run's ``config.yaml``; return that
+    run config (plain containers) when there is one."""
+    from omegaconf import OmegaConf
+
+    meta = load_checkpoint(path) if is_sharded(path) else torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    written_by = (meta.get(RECORD_KEY) or {}).get("objective") if isinstance(meta, dict) else None
+    run_config = path.resolve().parent.parent / "config.yaml"
+    previous = None
+    if run_config.is_file():
+        try:
+            previous = OmegaConf.to_container(OmegaConf.load(run_config), resolve=False)
+        except Exception:
+            previous = None
+    if written_by is None and isinstance(previous, dict):
+        written_by = (previous.get("objective") or {}).get("_target_")
+    expected = class_path(model)
+    if written_by is not None and written_by.rsplit(".", 1)[-1] != expected.rsplit(".", 1)[-1]:
+        raise CheckpointError(
+            f"{path} was written by objective {written_by}, not {expected}: resume it with the objective of the run that wrote it, "
+            "or start a new run without ckpt_path"
+        )
+    return previous if isinstance(previous, dict) else None
 
 
 def trained_objective(objective_cfg: Any, ckpt: Path) -> tuple[nn.Module, dict[str, Any]]:

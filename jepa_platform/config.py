@@ -26,6 +26,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from jepa_platform.errors import ConfigError, one_line
 from jepa_platform.launch import register_resolvers
+from jepa_platform.settings import check_run_settings
 
 register_resolvers()
 
@@ -226,7 +227,9 @@ def validate(args: list[str], config_name: str = "train") -> None:
         combos = _expand_sweeps(overrides) if {"-m", "--multirun"} & set(flags) else [overrides]
         for combo in map(list, combos):
             overrides = combo
-            job_config(compose_config(combo, config_name, conf))
+            composed = compose_config(combo, config_name, conf)
+            job_config(composed)
+            check_run_settings(composed)
     except ConfigError:
         raise
     except (OmegaConfBaseException, ConfigCompositionException, MissingConfigException) as exc:

@@ -19,7 +19,9 @@ rank's own copy, so ranks that initialised differently would otherwise train a m
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,6 +84,42 @@ class FSDP2Strategy(ModelParallelStrategy):
     @property
     def shard_mesh(self) -> Any:
         return self.device_mesh["data_parallel"]
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        """Write a sharded checkpoint atomically: into a hidden directory beside it, then a manifest of its files
+        (:mod:`jepa_platform.untrusted`), then a rename over the old one. A kill at any moment leaves either the
+        previous complete checkpoint or the new one, never a mix."""
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        from jepa_platform.untrusted import write_manifest
+
+        path = Path(self.broadcast(str(filepath)))
+        partial = path.parent / f".{path.name}.partial"
+        if self.global_rank == 0 and partial.exists():
+            shutil.rmtree(partial)
+        self.barrier("jepa_ckpt_clean")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        self.barrier("jepa_ckpt_written")
+        if self.global_rank == 0:
+            write_manifest(partial)
+            old = path.parent / f".{path.name}.old"
+            if path.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                path.rename(old)
+            partial.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        self.barrier("jepa_ckpt_renamed")
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Load a sharded checkpoint only if the platform wrote it (manifest), without unpickling anything that could
+        run code (:mod:`jepa_platform.untrusted`)."""
+        from jepa_platform.untrusted import safe_lightning_dcp_load, verify_manifest
+
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if path.is_dir():
+            verify_manifest(path)
+        with safe_lightning_dcp_load():
+            return super().load_checkpoint(path, weights_only=True)
 
 
 def _block_modules(model: nn.Module) -> list[nn.Module]:

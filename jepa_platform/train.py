@@ -9,24 +9,37 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from jepa_platform.checkpoints import check_checkpoint_matches, find_checkpoint, is_sharded, state_shapes
-from jepa_platform.config import config_dir, flatten, job_config, store_registered_configs
+from jepa_platform.callbacks.rng import RNGStates
+from jepa_platform.checkpoints import (
+    check_checkpoint_matches,
+    check_same_objective,
+    checkpoint_step,
+    find_checkpoint,
+    is_sharded,
+    state_shapes,
+)
+from jepa_platform.config import compose_config, config_dir, flatten, job_config, split_args, store_registered_configs
 from jepa_platform.errors import CheckpointError, ConfigError, JepaError, one_line
 from jepa_platform.launch import global_rank, rank_overrides
+from jepa_platform.settings import check_run_settings
+from jepa_platform.tracking import RunLogger, install_signal_handlers
 
 log = logging.getLogger(__name__)
 RUN_INFO = "mlflow_run.json"
@@ -50,16 +63,24 @@ def run_info_for(ckpt: Path) -> dict[str, Any] | None:
 
 class RunRecorder(Callback):
     """Records the resolved config in MLflow (flattened params and a YAML artifact) and leaves a pointer to the
-    MLflow run in the run directory, so that resuming and ``jepa eval`` find the run."""
+    MLflow run in the run directory, so that resuming and ``jepa eval`` find the run.
 
-    def __init__(self, config: dict[str, Any], output_dir: Path, resumed: bool) -> None:
-        self.config, self.output_dir, self.resumed = config, output_dir, resumed
+    A resumed run keeps the run directory's ``config.yaml`` (the config that built the checkpoints) and tags in MLflow
+    only the values that really changed (``resume.<key>``), compared with that file rather than with MLflow's
+    params, which the store may have cut short."""
+
+    #: keys that differ on every resume by construction (recorded in ``resume.<n>.*`` tags instead)
+    PER_ATTEMPT = ("ckpt_path",)
+
+    def __init__(self, config: dict[str, Any], output_dir: Path, resumed: bool, previous: dict[str, Any] | None = None) -> None:
+        self.config, self.output_dir, self.resumed, self.previous = config, output_dir, resumed, previous
 
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         config_file = self.output_dir / "config.yaml"
-        config_file.write_text(OmegaConf.to_yaml(self.config))
+        if not (self.resumed and config_file.is_file()):
+            config_file.write_text(OmegaConf.to_yaml(self.config))
         logger = trainer.logger
         if not isinstance(logger, MLFlowLogger):
             return
@@ -67,9 +88,13 @@ class RunRecorder(Callback):
         params = {k: str(v)[:6000] for k, v in flatten(self.config).items()}
         existing = client.get_run(run_id).data.params if self.resumed else {}
         logger.log_hyperparams({k: v for k, v in params.items() if k not in existing})
-        for key, value in params.items():
-            if key in existing and existing[key] != value:  # MLflow params are immutable: record the change as a tag
-                client.set_tag(run_id, f"resume.{key}", value)
+        if self.resumed:
+            before = {k: str(v)[:6000] for k, v in flatten(self.previous).items()} if self.previous is not None else existing
+            for key, value in params.items():
+                old = before.get(key)
+                cut = self.previous is None and old is not None and value.startswith(old)  # the store cut the param short
+                if key in existing and old != value and not cut and key not in self.PER_ATTEMPT:
+                    client.set_tag(run_id, f"resume.{key}", value[:5000])
         client.log_artifact(run_id, str(config_file), artifact_path=f"config/{self.output_dir.name}")
         client.set_tag(run_id, "run_dir", str(self.output_dir))
         info = {"run_id": run_id, "experiment_id": logger.experiment_id, "tracking_uri": logger._tracking_uri}
@@ -103,20 +128,44 @@ def _instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
     return [build(node, f"callbacks.{name}") for name, node in cfg.items() if node is not None and node.get("_target_")]
 
 
-def run_train(cfg: DictConfig) -> dict[str, float]:
-    """Fit the configured objective; return the final callback metrics."""
-    output_dir = Path(cfg.paths.output_dir).resolve()
-    L.seed_everything(cfg.seed, workers=True)
-
-    ckpt_path = None
+def _resume_point(cfg: DictConfig, output_dir: Path) -> Path | None:
     if cfg.get("ckpt_path"):
         ckpt_path = find_checkpoint(str(cfg.ckpt_path), Path(cfg.paths.runs_dir), output_dir)
         log.info("resuming from %s", ckpt_path)
-    elif any((output_dir / "checkpoints").glob("*.ckpt")):
+        return ckpt_path
+    if any((output_dir / "checkpoints").glob("*.ckpt")):
         raise CheckpointError(
             f"{output_dir} already holds checkpoints of another run: resume it with ckpt_path=last, or start a new run "
             "with a new JEPA_RUN_ID / torchrun --rdzv-id"
         )
+    return None
+
+
+def _build_logger(cfg: DictConfig, ckpt_path: Path | None) -> Any:
+    """The MLflow logger (rank 0 only), connected before training: a resumed run continues the run that wrote the
+    checkpoint; an unreachable or unwritable store is a one-line error here."""
+    # Only rank 0 logs; building the logger on every rank would also race on a fresh MLflow store.
+    if not (cfg.get("logger") and cfg.logger.get("_target_") and global_rank() == 0):
+        return False
+    extra: dict[str, Any] = {}
+    previous = run_info_for(ckpt_path) if ckpt_path else None
+    target = str(cfg.logger._target_)
+    if previous and ("mlflow" in target.lower() or target.endswith("RunLogger")):
+        extra["run_id"] = previous["run_id"]
+    if target.endswith("RunLogger") and ckpt_path is not None:
+        extra.update(resume_step=checkpoint_step(ckpt_path), resume_checkpoint=str(ckpt_path))
+    logger = build(cfg.logger, "logger", **extra)
+    if isinstance(logger, RunLogger):
+        logger.connect()
+    return logger
+
+
+def run_train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the configured objective; return the final callback metrics."""
+    output_dir = Path(cfg.paths.output_dir).resolve()
+    check_run_settings(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    ckpt_path = _resume_point(cfg, output_dir)
 
     datamodule = build(cfg.data, "data")
     fill_from_data(cfg, datamodule)
@@ -124,26 +173,31 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     model = build(cfg.objective, "objective")
     if hasattr(model, "train_collate") and hasattr(datamodule, "collate"):
         datamodule.collate = model.train_collate(datamodule.collate)  # e.g. masks drawn in the DataLoader workers
+    previous_config = None
     if ckpt_path is not None:
+        previous_config = check_same_objective(ckpt_path, model)
         check_checkpoint_matches(state_shapes(ckpt_path), model, ckpt_path)
 
-    logger: Any = False
-    # Only rank 0 logs; building the logger on every rank would also race on a fresh MLflow store.
-    if cfg.get("logger") and cfg.logger.get("_target_") and global_rank() == 0:
-        previous = run_info_for(ckpt_path) if ckpt_path else None
-        extra = {"run_id": previous["run_id"]} if previous and "mlflow" in cfg.logger._target_.lower() else {}
-        logger = build(cfg.logger, "logger", **extra)
-
-    callbacks = [*_instantiate_callbacks(cfg.get("callbacks")), RunRecorder(config, output_dir, resumed=ckpt_path is not None)]
+    install_signal_handlers()
+    logger = _build_logger(cfg, ckpt_path)
+    recorder = RunRecorder(config, output_dir, resumed=ckpt_path is not None, previous=previous_config)
+    callbacks = [*_instantiate_callbacks(cfg.get("callbacks")), RNGStates(), recorder]
     if not logger:  # nothing to record learning rates into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
-    if ckpt_path is not None and is_sharded(ckpt_path) and not isinstance(trainer.strategy, ModelParallelStrategy):
-        raise CheckpointError(
-            f"{ckpt_path} is a sharded (FSDP) checkpoint: resume it with trainer=fsdp, or consolidate it first with "
-            "python -m lightning.pytorch.utilities.consolidate_checkpoint <dir>"
-        )
+    try:
+        trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
+        if ckpt_path is not None and is_sharded(ckpt_path) and not isinstance(trainer.strategy, ModelParallelStrategy):
+            raise CheckpointError(
+                f"{ckpt_path} is a sharded (FSDP) checkpoint: resume it with trainer=fsdp, or consolidate it first with "
+                "python -m lightning.pytorch.utilities.consolidate_checkpoint <dir>"
+            )
+    except BaseException:
+        if logger:
+            logger.finalize("failed")
+        raise
     trainer.fit(model, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
+    if trainer.state.status != TrainerStatus.FINISHED:
+        raise JepaError(f"training stopped early ({trainer.state.status.value}): see the log above")
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if trainer.is_global_zero:
@@ -159,11 +213,33 @@ def _print_summary(metrics: dict[str, float], output_dir: Path, logger: Any) -> 
         print(f"MLflow run {logger.run_id} in {logger._tracking_uri}\n  browse: mlflow ui --backend-store-uri {logger._tracking_uri}")
 
 
+def resume_overrides(args: list[str]) -> list[str]:
+    """A resumed run continues in the run directory of its checkpoint (one run, one directory: its checkpoints,
+    config and MLflow pointer stay together), with this attempt's Hydra files in ``.hydra/resume-<time>``."""
+    _flags, overrides = split_args(args)
+    spec = next((o.split("=", 1)[1] for o in overrides if o.startswith("ckpt_path=")), None)
+    if not spec or spec == "null" or any(o.startswith("hydra.run.dir=") for o in overrides):
+        return []
+    cfg = compose_config(overrides)
+    try:
+        own = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
+        ckpt = find_checkpoint(spec, Path(cfg.paths.runs_dir), own)
+    finally:
+        GlobalHydra.instance().clear()
+    run_dir = ckpt.resolve().parent.parent
+    if ckpt.resolve().parent.name != "checkpoints" or not (run_dir / "config.yaml").is_file():
+        return []
+    extra = [f"hydra.run.dir={run_dir}"]
+    if global_rank() == 0:
+        extra.append(f"hydra.output_subdir=.hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    return extra
+
+
 def main(args: list[str]) -> int:
     """Entry of ``jepa train``: hand the arguments to the Hydra app."""
 
     store_registered_configs()
-    args = [*args, *rank_overrides(args)]
+    args = [*args, *rank_overrides(args), *resume_overrides(args)]
     # Lightning's launcher (trainer.devices > 1 without torchrun or SLURM) starts the other local ranks by re-running
     # sys.argv with Hydra's run directory appended: give it this command, not the name Hydra parses below.
     launch_argv = [sys.argv[0], "train", *args]

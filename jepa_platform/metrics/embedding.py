@@ -36,6 +36,7 @@ def stats_from_moments(n: Tensor, total: Tensor, gram: Tensor, dead_threshold: f
     if n < 2:
         raise ValueError("embedding statistics need at least 2 samples")
     mean = total / n
+    finite = torch.isfinite(gram).all()
     cov = (gram - n * torch.outer(mean, mean)) / (n - 1)
     std = torch.diagonal(cov).clamp_min(0).sqrt()
     d = std.numel()
@@ -47,7 +48,12 @@ def stats_from_moments(n: Tensor, total: Tensor, gram: Tensor, dead_threshold: f
         "std_min": std.min(),
         "dead_dims_frac": (std < dead_threshold).double().mean(),
         "cov_offdiag": cov_offdiag,
-        "rank": _rank_from_eigvals(torch.linalg.eigvalsh(gram)),
+        # a diverged run's NaN/Inf would make eigvalsh raise: its rank is NaN instead (no host sync to find out)
+        "rank": torch.where(
+            finite,
+            _rank_from_eigvals(torch.linalg.eigvalsh(torch.where(finite, gram, torch.eye(d, dtype=gram.dtype, device=gram.device)))),
+            torch.nan,
+        ),
     }
     return {k: v.float() for k, v in stats.items()}
 

@@ -119,6 +119,12 @@ class SelfSupervisedObjective(L.LightningModule):
             raise ConfigError(f"{type(self).__name__} takes images, got clips {tuple(x.shape)}: use an image DataModule")
         return self.encoder(x)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record which objective wrote the checkpoint, so that resuming with another one is refused."""
+        from jepa_platform.checkpoints import RECORD_KEY, class_path
+
+        checkpoint[RECORD_KEY] = {"objective": class_path(self)}
+
     def export_encoder(self) -> nn.Module:
         """The encoder that ``jepa export`` writes for downstream use (the online encoder by default)."""
         return self.encoder
@@ -139,7 +145,9 @@ class SelfSupervisedObjective(L.LightningModule):
 
     # -- shared logging -----------------------------------------------------------------------------------------
     def log_loss(self, out: LossOutput, energy: Tensor | None, batch_size: int) -> None:
-        """``train/loss``, ``train/loss/<term>`` and ``train/energy`` (averaged over ranks)."""
+        """``train/loss``, ``train/loss/<term>`` and ``train/energy`` (averaged over ranks). The step's loss stays on
+        ``last_loss`` for callbacks that inspect it (the non-finite guard)."""
+        self.last_loss = out
         self.log("train/loss", out.total, prog_bar=True, batch_size=batch_size, sync_dist=True)
         for name, value in out.terms.items():
             self.log(f"train/loss/{name}", value, batch_size=batch_size, sync_dist=True)

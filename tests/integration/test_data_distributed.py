@@ -55,15 +55,26 @@ class _Recorder(L.LightningModule):
         return (self.w - batch["views"][0].mean()) ** 2
 
     def configure_optimizers(self):
+        # as every objective does: asking for the run's length builds the train loader before Lightning restores its
+        # loops, which once made a resumed run replay epoch 0's batches
+        assert self.trainer.estimated_stepping_batches > 0
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_lightning_resume_mid_epoch_continues_the_same_batches(tiny_dataset: Path, tmp_path: Path):
+@pytest.mark.parametrize("checkpoint", ["step=20.ckpt", "end-epoch=0.ckpt"], ids=["mid-epoch", "end-of-epoch"])
+def test_lightning_resume_mid_epoch_continues_the_same_batches(tiny_dataset: Path, tmp_path: Path, checkpoint: str):
     def fit(ckpt_path: str | None = None) -> list[tuple[int, int, str]]:
         dm = ImageDataModule(str(tiny_dataset), batch_size=32, num_workers=2, shuffle_buffer=64, view_transform=v2.ToDtype(torch.float32, scale=True))
         every_5 = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5, save_top_k=-1, filename="{step}")
+        epochs = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_epochs=1, save_top_k=-1, filename="end-{epoch}")
         trainer = L.Trainer(
-            max_epochs=2, accelerator="cpu", logger=False, callbacks=[every_5], enable_progress_bar=False, num_sanity_val_steps=0, limit_val_batches=0
+            max_epochs=2,
+            accelerator="cpu",
+            logger=False,
+            callbacks=[every_5, epochs],
+            enable_progress_bar=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
         )
         model = _Recorder()
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
@@ -71,5 +82,6 @@ def test_lightning_resume_mid_epoch_continues_the_same_batches(tiny_dataset: Pat
 
     full = fit()
     assert len(full) == 2 * 512
-    resumed = fit(str(tmp_path / "step=20.ckpt"))  # epoch 1, after 4 of its 16 batches
-    assert resumed == [row for row in full if (row[0], row[1]) >= (1, 4)]
+    resumed = fit(str(tmp_path / checkpoint))  # epoch 1 after 4 of its 16 batches, or the end of epoch 0
+    start = (1, 4) if checkpoint == "step=20.ckpt" else (1, 0)
+    assert resumed == [row for row in full if (row[0], row[1]) >= start]

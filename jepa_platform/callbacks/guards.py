@@ -1,0 +1,192 @@
+"""Guards that stop a run from wasting its budget or its checkpoints: non-finite training and collapse.
+
+:class:`NonFiniteGuard` watches the loss, its terms and the gradients. ``policy="stop"`` keeps a flag and the
+first bad step on the device and reads them every ``check_every_n_steps`` steps and before every checkpoint, so
+training pays no host sync per step; the run then ends with one line naming the step and the loss term, and the
+bad weights are never written. ``policy="skip"`` must decide before each optimiser step, so it reads the flag every
+step: a non-finite step's gradients are dropped (the optimiser leaves every parameter and its state as they
+were), counted in ``train/nonfinite_steps``, and ``max_consecutive`` bad steps in a row stop the run.
+
+:class:`CollapseMonitor` reads the embedding statistics the objective logs (``emb/rank``, ``emb/std_mean``) and
+warns, tags the MLflow run (``collapse.step``) and optionally stops when they stay under their thresholds for
+``patience`` checks in a row.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import MLFlowLogger
+
+from jepa_platform.errors import JepaError
+
+log = logging.getLogger(__name__)
+POLICIES = ("stop", "skip")
+
+
+class TrainingDiverged(JepaError):
+    """The loss or the gradients became NaN or infinite."""
+
+
+def _grads_finite(module: torch.nn.Module) -> torch.Tensor:
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return torch.tensor(True)
+    norms = torch._foreach_norm(grads)
+    return torch.isfinite(torch.stack([n.to(norms[0].device) for n in norms])).all()
+
+
+def _tag(trainer: L.Trainer, key: str, value: Any) -> None:
+    logger = trainer.logger
+    if isinstance(logger, MLFlowLogger) and trainer.is_global_zero:
+        logger.experiment.set_tag(logger.run_id, key, str(value))
+
+
+class NonFiniteGuard(Callback):
+    """Stops (or skips) non-finite training steps; see the module docstring.
+
+    Args:
+        policy: ``stop`` or ``skip``.
+        check_every_n_steps: how often ``stop`` reads its device flag (also before every checkpoint).
+        max_consecutive: under ``skip``, bad steps in a row after which the run stops.
+    """
+
+    def __init__(self, policy: str = "stop", check_every_n_steps: int = 10, max_consecutive: int = 5) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"callbacks.nonfinite_guard.policy={policy!r} is not one of {', '.join(POLICIES)}")
+        if check_every_n_steps < 1 or max_consecutive < 1:
+            raise ValueError("callbacks.nonfinite_guard: check_every_n_steps and max_consecutive must be >= 1")
+        self.policy, self.every, self.max_consecutive = policy, check_every_n_steps, max_consecutive
+        self.skipped = 0
+        self.in_a_row = 0
+        self._first_bad: torch.Tensor | None = None  # step of the first non-finite loss/grad, -1 if none (device)
+        self._bad_terms: dict[str, torch.Tensor] = {}
+
+    # -- detection on the device --------------------------------------------------------------------------------
+    def _step_flags(self, pl_module: L.LightningModule) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = getattr(pl_module, "last_loss", None)
+        terms = {"total": out.total, **out.terms} if out is not None else {}
+        term_flags = {name: ~torch.isfinite(value.detach()).all() for name, value in terms.items()}
+        bad = ~_grads_finite(pl_module)
+        for flag in term_flags.values():
+            bad = bad | flag.to(bad.device)
+        return bad, term_flags
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
+        bad, term_flags = self._step_flags(pl_module)
+        step = trainer.global_step
+        if self.policy == "skip":
+            if bool(bad):  # one host sync per step: the decision is needed now
+                self.skipped += 1
+                self.in_a_row += 1
+                optimizer.zero_grad(set_to_none=True)  # the optimiser leaves parameters without gradients untouched
+                log.warning("step %d: non-finite loss or gradients (%s): step skipped", step, self._names(term_flags) or "gradients")
+                if self.in_a_row >= self.max_consecutive:
+                    raise TrainingDiverged(
+                        f"{self.in_a_row} training steps in a row were non-finite (last: step {step}, {self._names(term_flags) or 'gradients'}): "
+                        "lower optimizer.lr, add trainer.gradient_clip_val, or resume from an earlier checkpoint"
+                    )
+            else:
+                self.in_a_row = 0
+            pl_module.log("train/nonfinite_steps", float(self.skipped), on_step=True, on_epoch=False, batch_size=1)
+            return
+        if self._first_bad is None:
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=bad.device)
+        self._first_bad = torch.where(bad & (self._first_bad < 0), torch.tensor(step, device=bad.device), self._first_bad)
+        for name, flag in term_flags.items():
+            seen = self._bad_terms.get(name, torch.zeros((), dtype=torch.bool, device=flag.device))
+            self._bad_terms[name] = seen | (flag & ~seen & (self._first_bad == step))
+        if (step + 1) % self.every == 0:
+            self.check(trainer)
+
+    @staticmethod
+    def _names(flags: dict[str, torch.Tensor]) -> str:
+        return ", ".join(f"loss term {name}" for name, flag in flags.items() if bool(flag))
+
+    def check(self, trainer: L.Trainer) -> None:
+        """Read the device flag (a host sync); raise :class:`TrainingDiverged` if a step was non-finite."""
+        if self._first_bad is None:
+            return
+        first = int(self._first_bad)
+        if first >= 0:
+            what = self._names(self._bad_terms) or "gradients"
+            _tag(trainer, "nonfinite.step", first)
+            raise TrainingDiverged(
+                f"training became non-finite at step {first} ({what} NaN or infinite): lower optimizer.lr, add "
+                "trainer.gradient_clip_val, or resume from an earlier checkpoint; nothing of this state was saved"
+            )
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # runs while the checkpoint is assembled, before anything is written: a non-finite model is never saved
+        self.check(trainer)
+        bad = [name for name, p in pl_module.named_parameters() if not torch.isfinite(p.detach()).all()]
+        if bad:
+            raise TrainingDiverged(
+                f"the weights are non-finite at step {trainer.global_step} (e.g. {bad[0]}): not saved; resume from an earlier checkpoint"
+            )
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"skipped": self.skipped, "in_a_row": self.in_a_row}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.skipped, self.in_a_row = int(state_dict.get("skipped", 0)), int(state_dict.get("in_a_row", 0))
+
+
+class CollapseMonitor(Callback):
+    """Warns (and with ``stop=True`` stops) when the embeddings collapse; see the module docstring.
+
+    Args:
+        min_rank: ``emb/rank`` (effective rank) under which a check counts as collapsed.
+        min_std: ``emb/std_mean`` under which a check counts as collapsed.
+        patience: collapsed checks in a row that raise the alarm.
+        stop: end the run (cleanly, with its checkpoint) when the alarm is raised.
+        where: the statistics group to read (``emb`` or ``repr``).
+    """
+
+    def __init__(self, min_rank: float = 2.0, min_std: float = 1e-3, patience: int = 3, stop: bool = False, where: str = "emb") -> None:
+        if patience < 1:
+            raise ValueError("callbacks.collapse_monitor.patience must be >= 1")
+        self.min_rank, self.min_std, self.patience, self.stop, self.where = min_rank, min_std, patience, stop, where
+        self.in_a_row = 0
+        self.tripped_at: int | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        due = getattr(pl_module, "stats_due", None)
+        # stats_due is asked after the step, when global_step already counts it
+        if due is None or not self._stats_logged(trainer, pl_module):
+            return
+        metrics = trainer.callback_metrics
+        rank, std = metrics.get(f"{self.where}/rank"), metrics.get(f"{self.where}/std_mean")
+        if rank is None and std is None:
+            return
+        collapsed = (rank is not None and float(rank) < self.min_rank) or (std is not None and float(std) < self.min_std)
+        self.in_a_row = self.in_a_row + 1 if collapsed else 0
+        if self.in_a_row >= self.patience and self.tripped_at is None:
+            self.tripped_at = trainer.global_step
+            detail = f"{self.where}/rank={float(rank) if rank is not None else float('nan'):.3f} (min {self.min_rank}), {self.where}/std_mean={float(std) if std is not None else float('nan'):.2e} (min {self.min_std})"
+            log.warning(
+                "collapse: %s for %d checks in a row at step %d%s", detail, self.in_a_row, trainer.global_step, ": stopping" if self.stop else ""
+            )
+            _tag(trainer, "collapse.step", trainer.global_step)
+            _tag(trainer, "collapse.detail", detail)
+            pl_module.log("collapse/detected", 1.0, on_step=True, on_epoch=False, batch_size=1)
+            if self.stop:
+                trainer.should_stop = True
+
+    @staticmethod
+    def _stats_logged(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        every = pl_module.hparams.get("stats_every_n_steps") or trainer.log_every_n_steps
+        return bool(every) and (trainer.global_step - 1) % every == 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"in_a_row": self.in_a_row, "tripped_at": self.tripped_at}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.in_a_row, self.tripped_at = int(state_dict.get("in_a_row", 0)), state_dict.get("tripped_at")

@@ -1,0 +1,51 @@
+"""Checks of the run-level values that every ``jepa train`` uses, before anything is built or written.
+
+Hydra accepts ``seed=abc`` or ``trainer.max_epochs=0``; Lightning or the data code would then fail with a traceback
+deep inside, or (``max_epochs=0``) train nothing and exit 0. Each rule here turns such a value into one line that
+says what to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from jepa_platform.errors import ConfigError
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+#: key -> (accepts the value, what a valid value is); keys absent from the config are skipped
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": (_is_int, "an integer"),
+    "trainer.max_epochs": (lambda v: _is_int(v) and v >= 1, "a whole number of epochs >= 1 (the LR schedule needs a finite length)"),
+    "trainer.max_steps": (lambda v: _is_int(v) and (v == -1 or v >= 1), "-1 (no limit) or a number of steps >= 1"),
+    "trainer.log_every_n_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "trainer.accumulate_grad_batches": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "trainer.check_val_every_n_epoch": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 or null"),
+    "trainer.gradient_clip_val": (lambda v: v is None or (_is_number(v) and v > 0), "a positive number or null"),
+    "data.batch_size": (lambda v: _is_int(v) and v >= 2, "an integer >= 2 (joint-embedding losses compare samples)"),
+    "data.val_batch_size": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 or null"),
+    "data.num_workers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "data.max_error_rate": (lambda v: _is_number(v) and 0 <= v <= 1, "a fraction between 0 and 1"),
+    "optimizer.lr": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "optimizer.weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+}
+
+
+def check_run_settings(cfg: DictConfig) -> None:
+    """Raise a one-line :class:`ConfigError` for the first value that breaks a rule of :data:`RULES`."""
+    for key, (accepts, what) in RULES.items():
+        node = OmegaConf.select(cfg, key, default="__absent__", throw_on_missing=False)
+        if isinstance(node, str) and node == "__absent__":
+            continue
+        if not accepts(node):
+            raise ConfigError(f"{key}={node!r} is not valid: give {what}")

@@ -1,0 +1,186 @@
+"""The MLflow logger of ``jepa train``: a run's history stays true through kills, resumes and failures.
+
+:class:`RunLogger` is Lightning's ``MLFlowLogger`` plus what a pre-empted, resumed run needs:
+
+* **one value per step**: a resumed run re-does the steps after its checkpoint; metrics the run already holds at
+  those steps are not logged again (resume is exact, so they are the same values);
+* **honest status**: a run stopped by a signal is ``KILLED``; a resume that fails before training its first step
+  leaves the run's status as it was (a ``FINISHED`` run stays ``FINISHED``); a run whose process died without a word
+  (``kill -9``, out of memory) is marked ``KILLED`` the next time a run starts on the same host
+  (:func:`mark_dead_runs`); each resume is tagged ``resume.<n>.*`` with the checkpoint, its step and the status
+  the run had;
+* **fail fast**: an unreachable tracking server or an unwritable store is a one-line error before any training
+  (:meth:`RunLogger.connect`), within ``connect_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from jepa_platform.errors import ConfigError
+
+log = logging.getLogger(__name__)
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+_received_signal: list[int] = []
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    _received_signal.append(signum)
+    raise SystemExit(128 + signum)
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM, SIGINT and SIGHUP end the run as ``KILLED`` (the logger's ``finalize`` sees the signal) with exit
+    status 128 + signal; Lightning chains its own SIGTERM handling (SLURM requeue) in front of this one."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        try:
+            signal.signal(sig, _on_signal)
+        except ValueError:  # not the main thread
+            return
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sqlite_dir(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else None
+
+
+def check_tracking_uri(uri: str, timeout: float) -> None:
+    """One-line error if the store cannot be used: a server that does not answer ``/health`` within ``timeout``
+    seconds, or a local store whose directory cannot be written."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                response.read(64)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ConfigError(
+                f"MLflow tracking server {uri} is unreachable ({reason}): start it, fix logger.tracking_uri, or train without it with logger=none"
+            ) from exc
+        return
+    local = _sqlite_dir(uri) or (Path(uri.removeprefix("file://")) if uri.startswith("file://") or "://" not in uri else None)
+    if local is not None:
+        existing = next((p for p in (local, *local.parents) if p.exists()), None)
+        if (
+            existing is None
+            or not os.access(existing, os.W_OK)
+            or (_sqlite_dir(uri) and Path(uri.removeprefix("sqlite:///")).exists() and not os.access(uri.removeprefix("sqlite:///"), os.W_OK))
+        ):
+            raise ConfigError(
+                f"the MLflow store {uri} is not writable: fix its permissions, set paths.runs_dir to a writable directory, or use logger=none"
+            )
+
+
+class RunLogger(MLFlowLogger):
+    """``MLFlowLogger`` with the guarantees of the module docstring.
+
+    Args:
+        connect_timeout: seconds to wait for a tracking server before failing (one line, before training).
+        resume_step: the ``global_step`` of the checkpoint a resumed run starts from (``None``: a new run).
+        resume_checkpoint: that checkpoint's path, recorded as a tag.
+        **kwargs: ``MLFlowLogger``'s arguments (``experiment_name``, ``tracking_uri``, ``run_id``...).
+    """
+
+    def __init__(self, connect_timeout: float = 15.0, resume_step: int | None = None, resume_checkpoint: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.connect_timeout = connect_timeout
+        self.resume_step, self.resume_checkpoint = resume_step, resume_checkpoint
+        self._logged_until: dict[str, int] = {}
+        self._previous_status: str | None = None
+        self._trained = False
+
+    @rank_zero_only
+    def connect(self) -> None:
+        """Check the store, create or reopen the run, tag it, and mark dead runs of this host (one-line errors)."""
+        check_tracking_uri(self._tracking_uri, self.connect_timeout)
+        resuming = self._run_id is not None
+        try:
+            client = self.experiment
+            run = client.get_run(self.run_id)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(
+                f"cannot use the MLflow store {self._tracking_uri}: {first}: check logger.tracking_uri and its permissions, or use logger=none"
+            ) from exc
+        mark_dead_runs(client, self.experiment_id, skip=self.run_id)
+        client.set_tag(self.run_id, "jepa.host", socket.gethostname())
+        client.set_tag(self.run_id, "jepa.pid", str(os.getpid()))
+        if resuming:
+            self._previous_status = run.info.status
+            self._logged_until = logged_steps(client, self.run_id)
+            tags = run.data.tags
+            n = int(tags.get("resume.count", "0")) + 1
+            previous = "died without a status (RUNNING)" if run.info.status == "RUNNING" else run.info.status
+            for key, value in {
+                "resume.count": n,
+                f"resume.{n}.from_step": self.resume_step,
+                f"resume.{n}.from_checkpoint": self.resume_checkpoint,
+                f"resume.{n}.previous_status": previous,
+                f"resume.{n}.at": time.strftime("%Y-%m-%d %H:%M:%S"),
+            }.items():
+                client.set_tag(self.run_id, key, str(value))
+            client.update_run(self.run_id, status="RUNNING")
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        step = step or 0
+        fresh = {k: v for k, v in metrics.items() if step > self._logged_until.get(k, -1)}
+        if fresh:
+            self._trained = True
+            super().log_metrics(fresh, step)
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        if not self._initialized:
+            return
+        if status != "success" and _received_signal:
+            status = "KILLED"
+        elif status != "success" and not self._trained and self._previous_status in TERMINAL:
+            status = self._previous_status  # a resume that failed before training leaves the run as it was
+        super().finalize(status)
+
+
+def logged_steps(client: Any, run_id: str) -> dict[str, int]:
+    """The last step each metric of a run was logged at."""
+    keys = client.get_run(run_id).data.metrics.keys()
+    return {key: max((m.step for m in client.get_metric_history(run_id, key)), default=-1) for key in keys}
+
+
+def mark_dead_runs(client: Any, experiment_id: str, skip: str | None = None) -> None:
+    """Mark ``KILLED`` the RUNNING runs of ``experiment_id`` started on this host whose process no longer exists."""
+    host = socket.gethostname()
+    try:
+        runs = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`jepa.host` = '{host}'", max_results=200)
+    except Exception as exc:  # an old store without tags: nothing to mark
+        log.debug("cannot search for dead runs: %s", exc)
+        return
+    for run in runs:
+        pid = run.data.tags.get("jepa.pid")
+        if run.info.run_id != skip and pid and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            client.set_tag(run.info.run_id, "jepa.died", "process ended without marking the run (kill -9, out of memory); found by a later run")
+            client.set_terminated(run.info.run_id, "KILLED")
+            print(f"marked MLflow run {run.info.run_id} KILLED: its process {pid} on {host} is gone", file=sys.stderr)
