@@ -170,7 +170,8 @@ class CollapseMonitor(Callback):
         self.in_a_row = self.in_a_row + 1 if collapsed else 0
         if self.in_a_row >= self.patience and self.tripped_at is None:
             self.tripped_at = trainer.global_step
-            detail = f"{self.where}/rank={float(rank) if rank is not None else float('nan'):.3f} (min {self.min_rank}), {self.where}/std_mean={float(std) if std is not None else float('nan'):.2e} (min {self.min_std})"
+            rank_v, std_v = (float(v) if v is not None else float("nan") for v in (rank, std))
+            detail = f"{self.where}/rank={rank_v:.3f} (min {self.min_rank}), {self.where}/std_mean={std_v:.2e} (min {self.min_std})"
             log.warning(
                 "collapse: %s for %d checks in a row at step %d%s", detail, self.in_a_row, trainer.global_step, ": stopping" if self.stop else ""
             )
