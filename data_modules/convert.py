@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import json
 import logging
 import os
@@ -226,7 +227,10 @@ def encode(item: Item, enc: Encoding) -> tuple[str, bytes] | str:
     """``(extension, bytes)`` of the image, or an error message for an unreadable source."""
     try:
         if item.array is None and enc.format == "keep" and enc.resize is None and Path(item.source).suffix.lower() in KEEP_EXTS:
-            return KEEP_EXTS[Path(item.source).suffix.lower()], Path(item.source).read_bytes()
+            raw = Path(item.source).read_bytes()
+            with Image.open(io.BytesIO(raw)) as img:  # copied as it is, but only if it decodes
+                img.load()
+            return KEEP_EXTS[Path(item.source).suffix.lower()], raw
         with Image.open(item.source) if item.array is None else Image.fromarray(item.array) as img:
             img.load()
             fmt = "png" if enc.format == "keep" else enc.format
@@ -363,7 +367,7 @@ def summary(manifest: dict, out_dir: Path) -> str:
     lines.append(f"  {total / max(manifest['elapsed_s'], 1e-9):.0f} images/s")
     if manifest["failures"]:
         lines.append(f"  skipped {len(manifest['failures'])} unreadable images (first: {manifest['failures'][0]})")
-    lines.append(f"train on it: jepa train data=webdataset data.urls={out_dir} data.image_size=<side>")
+    lines.append(f"train on it: jepa train data=images data.urls={out_dir} data.image_size=<side>")
     return "\n".join(lines)
 
 

@@ -77,7 +77,7 @@ class ImageDataModule(StreamingDataModule):
         image_size: int | None = None,
         label_key: str | None = "cls",
         num_classes: int | None = None,
-        knn_bank_size: int = 5000,
+        knn_bank_size: int = 10000,
         **kwargs: Any,
     ) -> None:
         super().__init__(urls, **kwargs)

@@ -105,6 +105,12 @@ def write_split(
     return split_entry(prefix, counts)
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_dataset_atomically(target: Path, write: Callable[[Path], dict]) -> dict:
     """Run ``write(tmp_dir) -> manifest`` and move the result to ``target``; keep ``target`` if already complete."""
     target = Path(target)
@@ -117,6 +123,7 @@ def write_dataset_atomically(target: Path, write: Callable[[Path], dict]) -> dic
     try:
         manifest = write(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private (0700): readable like any other output
         if target.exists():
             target.rmdir()
         try:

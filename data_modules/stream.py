@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from data_modules.urls import iter_tar, open_url
+from data_modules.urls import iter_tar, open_url, tar_has_end
 from jepa_platform.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ class ShardStream(IterableDataset):
     # -- reading ------------------------------------------------------------------------------------------------
     def _read(self, shard: ShardRange, budget: ErrorBudget) -> Iterator[dict]:
         expected = None if shard.stop is None else shard.stop - shard.start
-        got = 0
+        got, whole = 0, True  # whole: read to the end of the tar
         try:
             stream = open_url(shard.url)
         except (OSError, ValueError) as exc:
@@ -234,6 +234,7 @@ class ShardStream(IterableDataset):
                 if j < shard.start:
                     continue
                 if shard.stop is not None and j >= shard.stop:
+                    whole = False
                     break
                 sample["__url__"] = shard.url
                 got += 1
@@ -245,6 +246,9 @@ class ShardStream(IterableDataset):
             stream.close()
         if expected is not None and got < expected:
             budget.skip(expected - got, f"shard {shard.url} ended early", f"{got} of {expected} samples")
+        elif whole and not tar_has_end(shard.url):
+            # without a manifest the lost samples cannot be counted: at least the one cut in half is
+            budget.skip(1, f"truncated tar {shard.url} after {got} samples", "no end-of-archive marker: the file was cut short")
 
     def _planned(self, ranges: list[ShardRange], budget: ErrorBudget, rng: random.Random) -> Iterator[dict]:
         """The worker's ranges, shuffled; read again (shuffled anew) only to top up after skipped samples."""

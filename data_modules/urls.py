@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 import posixpath
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -144,6 +145,22 @@ def count_tar_samples(path: str) -> int:
                 if key != last:
                     keys, last = keys + 1, key
     return keys
+
+
+def tar_has_end(path: str) -> bool:
+    """Whether a local uncompressed tar ends with the end-of-archive marker (two zero blocks), which every tar writer
+    appends: a file cut short (an interrupted copy or write) lacks it, and ``tarfile`` reads such a file to its cut
+    without a word. Compressed or non-local shards are not checked (``True``)."""
+    if is_remote(path) or not path.endswith(".tar"):
+        return True
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            f.seek(max(size - 1024, 0))
+            tail = f.read(1024)
+    except OSError:
+        return True  # unreadable shards are reported where they are opened
+    return size % 512 == 0 and len(tail) == 1024 and not tail.strip(b"\0")
 
 
 def shard_sizes(urls: Sequence[str]) -> list[int] | None:

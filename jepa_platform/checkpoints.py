@@ -206,6 +206,31 @@ def check_same_objective(path: Path, model: nn.Module) -> dict[str, Any] | None:
     return previous if isinstance(previous, dict) else None
 
 
+def load_run_config(run_dir: Path) -> Any:
+    """A run directory's ``config.yaml``, checked before anything in it is instantiated: only allowlisted classes
+    (:func:`jepa_platform.untrusted.check_targets`); an unreadable file is a one-line error."""
+    from omegaconf import OmegaConf
+
+    from jepa_platform.untrusted import check_targets
+
+    path = run_dir / "config.yaml"
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {path}: {_first_line(exc)}: give a run directory written by jepa train") from exc
+    check_targets(cfg, str(path))
+    return cfg
+
+
+def assert_finite(state: dict[str, Tensor], what: str) -> None:
+    """A checkpoint with NaN or infinite weights is never exported or evaluated as if it had trained."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(
+            f"{what} has non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): the run diverged; use an earlier checkpoint with --ckpt"
+        )
+
+
 def trained_objective(objective_cfg: Any, ckpt: Path) -> tuple[nn.Module, dict[str, Any]]:
     """The objective of a run's config with the weights of ``ckpt`` (file or sharded), on CPU, and the rest of the
     checkpoint (``global_step``...)."""
@@ -216,5 +241,6 @@ def trained_objective(objective_cfg: Any, ckpt: Path) -> tuple[nn.Module, dict[s
     if not any(k.startswith("encoder.") for k in state):
         raise CheckpointError(f"{ckpt} has no encoder weights (state_dict keys 'encoder.*'): give a checkpoint written by jepa train")
     check_checkpoint_matches({k: tuple(v.shape) for k, v in state.items()}, model, ckpt)
+    assert_finite(state, str(ckpt))
     model.load_state_dict(state)
     return model, meta

@@ -27,9 +27,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from jepa_platform.checkpoints import find_checkpoint, load_checkpoint, trained_objective
+from jepa_platform.checkpoints import find_checkpoint, load_checkpoint, load_run_config, trained_objective
 from jepa_platform.encoders.timm_encoder import TimmEncoder
 from jepa_platform.errors import CheckpointError, ConfigError
+from jepa_platform.untrusted import check_targets
 
 FORMAT = "jepa-platform-encoder/1"
 
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def export_record(run_dir: Path, ckpt: Path) -> dict[str, Any]:
     """The export dict of ``ckpt``, a checkpoint of the run in ``run_dir`` (see module docstring)."""
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = load_run_config(run_dir)
     model, meta = trained_objective(cfg.objective, ckpt)
     encoder = model.export_encoder() if hasattr(model, "export_encoder") else model.encoder
     module = next((name for name, child in model.named_children() if child is encoder), "encoder")
@@ -100,6 +101,7 @@ def load_exported(path: str | Path) -> nn.Module:
         )
         encoder.model.load_state_dict(record["state_dict"])
     else:
+        check_targets(record["encoder_config"], f"{path} (encoder_config)")
         encoder = instantiate(record["encoder_config"], _convert_="all")
         encoder.load_state_dict(record["state_dict"])
     return encoder.eval()

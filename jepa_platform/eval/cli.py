@@ -15,9 +15,8 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from jepa_platform.checkpoints import find_checkpoint, trained_objective
+from jepa_platform.checkpoints import find_checkpoint, load_run_config, trained_objective
 from jepa_platform.errors import CheckpointError, ConfigError
 from jepa_platform.eval.probe import extract_features, knn_accuracy, linear_probe_accuracy
 from jepa_platform.train import RUN_INFO, build
@@ -68,7 +67,7 @@ def evaluate(encoder: torch.nn.Module, datamodule, num_classes: int, args: argpa
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     run_dir = resolve_run(args.run, Path(args.runs_dir))
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = load_run_config(run_dir)
     num_classes = cfg.data.get("num_classes")
     if not num_classes:
         raise ConfigError(f"{run_dir}/config.yaml has no data.num_classes: evaluation needs labelled data")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from torch import Tensor
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor, nn
 
 from jepa_platform.losses.functional import LossOutput, invariance
 from jepa_platform.objectives.base import JointEmbeddingObjective
+from jepa_platform.optim import OptimizerFactory
 from jepa_platform.registry import register_objective
 
 
@@ -19,6 +23,17 @@ class InvarianceOnly(JointEmbeddingObjective):
     """
 
     energy_term = "invariance"
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        optimizer: OptimizerFactory,
+        projector_dims: Sequence[int] = (2048, 2048, 2048),
+        projector_norm: str = "none",
+        **kwargs: Any,
+    ) -> None:
+        # no BatchNorm in the projector by default: batch statistics would themselves resist collapse
+        super().__init__(encoder, optimizer, projector_dims, projector_norm, **kwargs)
 
     def compute_loss(self, embeddings: list[Tensor], representations: list[Tensor]) -> LossOutput:
         value = invariance(embeddings[0], embeddings[1])

@@ -65,8 +65,10 @@ class MaskedJEPA(SelfSupervisedObjective):
         cov_weight: float = 0.0,
         sigreg_weight: float = 0.0,
         sigreg_slices: int = 256,
+        weight_decay: float = 0.05,
         **kwargs: Any,
     ) -> None:
+        kwargs["weight_decay"] = weight_decay  # transformer recipes decay far more than the joint-embedding ones
         if not getattr(encoder, "is_vit", False):
             name = getattr(encoder, "name", type(encoder).__name__)
             raise ConfigError(
