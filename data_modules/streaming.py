@@ -192,6 +192,8 @@ class StreamingDataModule(L.LightningDataModule):
                 f"an exact epoch of {n} batches per rank needs more samples than the {sum(sizes)} in data.urls "
                 f"({exact_max} batches of {self.batch_size} per rank x {world} ranks): lower the epoch length or set data.epoch_mode=resampled"
             )
+        if sizes is not None and sum(sizes) == 0:
+            raise ConfigError(f"data.urls has no samples ({len(sizes)} shards, all empty or unreadable): check the shards with jepa data inspect")
         if n < 1:
             raise ConfigError(
                 f"no full batch per rank: {sum(sizes or [0])} samples, batch_size={self.batch_size}, {world} ranks: lower data.batch_size"
@@ -277,8 +279,10 @@ class StreamingDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return {}
+        # the epoch in progress (the last one started: at the end of training, the last one) and its trained batches
+        epoch = max(trainer.fit_loop.epoch_progress.current.started - 1, 0)
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"position": asdict(replace(self._plan(), epoch=trainer.current_epoch, batches=done))}
+        return {"position": asdict(replace(self._plan(), epoch=epoch, batches=done))}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "position" in state_dict:

@@ -7,11 +7,13 @@ without a process group, so ``jepa eval`` and ``jepa export`` work on one machin
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor, nn
 
 from jepa_platform.errors import CheckpointError
@@ -22,6 +24,25 @@ SHARDED_META = "meta.pt"
 
 def is_sharded(path: Path) -> bool:
     return path.is_dir() and (path / SHARDED_META).is_file()
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic on local disks: the file is written beside its final name
+    (``.<name>.partial``), flushed to disk and renamed, so a kill at any moment leaves the old file or the new one,
+    never half of one, and never under the final name. (Lightning's own writer stages in the system temporary
+    directory: a copy, not a rename, when that is another filesystem.)"""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        target = Path(str(path))
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        with partial.open("wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, target)
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -37,7 +58,7 @@ def checkpoint_step(path: Path) -> int | None:
             verify_manifest(path)
             meta = torch.load(path / SHARDED_META, map_location="cpu", weights_only=True)
         elif path.is_file():
-            meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            meta = load_checkpoint(path, mmap=True)
         else:
             return None
         return int(meta["global_step"])
@@ -75,10 +96,21 @@ def find_checkpoint(spec: str, runs_dir: Path, output_dir: Path) -> Path:
             found = newest_checkpoint(candidate) if candidate.is_dir() else None
             if found is not None:
                 return found
+        for candidate in sorted((path / "checkpoints").glob("*.ckpt")) + sorted(path.glob("*.ckpt")):
+            _explain_incomplete(candidate)  # raises with the reason the candidate is not usable
         raise CheckpointError(f"ckpt_path={spec}: the directory holds no complete checkpoint: give a .ckpt file or a run directory")
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={spec} does not exist: give a .ckpt file, a run directory, or ckpt_path=last")
     return path
+
+
+def _explain_incomplete(path: Path) -> None:
+    """Raise the one-line reason why ``path`` is not a complete checkpoint (nothing if it is one)."""
+    if is_sharded(path):
+        from jepa_platform.untrusted import verify_manifest
+
+        verify_manifest(path)
+    load_checkpoint(path, mmap=True)
 
 
 def _latest_write(checkpoints: Path) -> float:
@@ -90,7 +122,7 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint file safely (tensors and plain containers only); an unreadable file is a one-line error.
     For a sharded directory: its metadata (``meta.pt``) without the weights."""
     target = path / SHARDED_META if is_sharded(path) else path
@@ -99,16 +131,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
         verify_manifest(path)
     try:
-        return torch.load(target, map_location="cpu", weights_only=True)
+        return torch.load(target, map_location="cpu", weights_only=True, mmap=mmap and not is_sharded(path))
     except Exception as exc:
         if "Weights only load failed" in str(exc):
             raise CheckpointError(
                 f"{path} holds objects other than tensors and plain values, which are not loaded because that could run code: "
                 "use a checkpoint written by jepa train"
             ) from exc
-        raise CheckpointError(
-            f"cannot load {path}: not a readable checkpoint (truncated, damaged or not written by torch.save): {_first_line(exc)}"
-        ) from exc
+        reason = "" if "mmap" in str(exc) else f": {_first_line(exc)}"
+        raise CheckpointError(f"cannot load {path}: not a readable checkpoint (truncated, damaged or not written by torch.save){reason}") from exc
 
 
 def _sharded_metadata(path: Path) -> Any:
@@ -186,7 +217,7 @@ def check_same_objective(path: Path, model: nn.Module) -> dict[str, Any] | None:
     run config (plain containers) when there is one."""
     from omegaconf import OmegaConf
 
-    meta = load_checkpoint(path) if is_sharded(path) else torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    meta = load_checkpoint(path, mmap=True)
     written_by = (meta.get(RECORD_KEY) or {}).get("objective") if isinstance(meta, dict) else None
     run_config = path.resolve().parent.parent / "config.yaml"
     previous = None

@@ -7,7 +7,9 @@ says what to fix.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -41,8 +43,19 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+def check_writable_dir(path: Path, key: str) -> None:
+    """A directory that exists or can be created, and can be written."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise ConfigError(f"{key}={path} cannot be written ({existing} is not a writable directory): choose a writable directory")
+
+
 def check_run_settings(cfg: DictConfig) -> None:
-    """Raise a one-line :class:`ConfigError` for the first value that breaks a rule of :data:`RULES`."""
+    """Raise a one-line :class:`ConfigError` for the first value that breaks a rule of :data:`RULES`, or a runs
+    directory that cannot be written."""
+    runs_dir = OmegaConf.select(cfg, "paths.runs_dir", default=None)
+    if runs_dir:
+        check_writable_dir(Path(str(runs_dir)), "paths.runs_dir")
     for key, (accepts, what) in RULES.items():
         node = OmegaConf.select(cfg, key, default="__absent__", throw_on_missing=False)
         if isinstance(node, str) and node == "__absent__":

@@ -85,6 +85,7 @@ def check_tracking_uri(uri: str, timeout: float) -> None:
         existing = next((p for p in (local, *local.parents) if p.exists()), None)
         if (
             existing is None
+            or not existing.is_dir()
             or not os.access(existing, os.W_OK)
             or (_sqlite_dir(uri) and Path(uri.removeprefix("sqlite:///")).exists() and not os.access(uri.removeprefix("sqlite:///"), os.W_OK))
         ):
@@ -114,7 +115,6 @@ class RunLogger(MLFlowLogger):
     @rank_zero_only
     def connect(self) -> None:
         """Check the store, create or reopen the run, tag it, and mark dead runs of this host (one-line errors)."""
-        check_tracking_uri(self._tracking_uri, self.connect_timeout)
         resuming = self._run_id is not None
         try:
             client = self.experiment

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import warnings
@@ -28,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from jepa_platform.callbacks.rng import RNGStates
 from jepa_platform.checkpoints import (
+    AtomicCheckpointIO,
     check_checkpoint_matches,
     check_same_objective,
     checkpoint_step,
@@ -39,7 +41,7 @@ from jepa_platform.config import compose_config, config_dir, flatten, job_config
 from jepa_platform.errors import CheckpointError, ConfigError, JepaError, one_line
 from jepa_platform.launch import global_rank, rank_overrides
 from jepa_platform.settings import check_run_settings
-from jepa_platform.tracking import RunLogger, install_signal_handlers
+from jepa_platform.tracking import RunLogger, check_tracking_uri, install_signal_handlers
 
 log = logging.getLogger(__name__)
 RUN_INFO = "mlflow_run.json"
@@ -154,6 +156,8 @@ def _build_logger(cfg: DictConfig, ckpt_path: Path | None) -> Any:
         extra["run_id"] = previous["run_id"]
     if target.endswith("RunLogger") and ckpt_path is not None:
         extra.update(resume_step=checkpoint_step(ckpt_path), resume_checkpoint=str(ckpt_path))
+    if cfg.logger.get("tracking_uri"):
+        check_tracking_uri(str(cfg.logger.tracking_uri), float(cfg.logger.get("connect_timeout", 15)))
     logger = build(cfg.logger, "logger", **extra)
     if isinstance(logger, RunLogger):
         logger.connect()
@@ -178,14 +182,16 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
         previous_config = check_same_objective(ckpt_path, model)
         check_checkpoint_matches(state_shapes(ckpt_path), model, ckpt_path)
 
+    callbacks = _instantiate_callbacks(cfg.get("callbacks"))  # before the logger: a bad callback touches no run
     install_signal_handlers()
     logger = _build_logger(cfg, ckpt_path)
     recorder = RunRecorder(config, output_dir, resumed=ckpt_path is not None, previous=previous_config)
-    callbacks = [*_instantiate_callbacks(cfg.get("callbacks")), RNGStates(), recorder]
+    callbacks = [*callbacks, RNGStates(), recorder]
     if not logger:  # nothing to record learning rates into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     try:
         trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if ckpt_path is not None and is_sharded(ckpt_path) and not isinstance(trainer.strategy, ModelParallelStrategy):
             raise CheckpointError(
                 f"{ckpt_path} is a sharded (FSDP) checkpoint: resume it with trainer=fsdp, or consolidate it first with "
@@ -230,8 +236,9 @@ def resume_overrides(args: list[str]) -> list[str]:
     if ckpt.resolve().parent.name != "checkpoints" or not (run_dir / "config.yaml").is_file():
         return []
     extra = [f"hydra.run.dir={run_dir}"]
-    if global_rank() == 0:
-        extra.append(f"hydra.output_subdir=.hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    if global_rank() == 0:  # this attempt's Hydra files and log beside the run's, not over them
+        stamp = f"{time.strftime('%Y-%m-%d_%H-%M-%S')}-{os.getpid()}"
+        extra += [f"hydra.output_subdir=.hydra/resume-{stamp}", f"hydra.job.name=train-resume-{stamp}"]
     return extra
 
 

@@ -81,7 +81,7 @@ def verify_manifest(directory: Path) -> None:
         assert record.get("format") == MANIFEST_FORMAT
     except Exception as exc:
         raise CheckpointError(f"{manifest} is not a jepa-platform checkpoint manifest: the directory was not written by jepa train") from exc
-    present = {p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
+    present = {p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST and not p.name.endswith(".partial")}
     if present != set(files):
         extra, missing = sorted(present - set(files)), sorted(set(files) - present)
         raise CheckpointError(
