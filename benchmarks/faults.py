@@ -56,10 +56,12 @@ def _run_dir(runs: Path) -> Path:
     return runs / "fault_vicreg"
 
 
-def run_reference(workdir: Path, data_dir: Path) -> Path:
+def run_reference(workdir: Path, data_dir: Path) -> tuple[Path, float]:
+    """The uninterrupted run, and how long it took (kills are drawn within that time)."""
     runs = workdir / "reference"
+    start = time.monotonic()
     subprocess.run(_command(), env=_env(runs, data_dir), check=True, capture_output=True)
-    return runs
+    return runs, time.monotonic() - start
 
 
 def _checkpoint_being_written(run_dir: Path) -> bool:
@@ -74,7 +76,7 @@ def _kill_at_random(cmd: list[str], env: dict[str, str], run_dir: Path, rng: ran
     """Start ``cmd``; SIGKILL it after a random delay, or while a checkpoint file is being written. Returns
     ``"write"`` (killed during a checkpoint write), ``"random"`` (killed at the delay) or ``""`` (it finished first)."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + rng.uniform(2.0, max_delay)
+    deadline = time.monotonic() + rng.uniform(0.25 * max_delay, max_delay)
     how = ""
     while proc.poll() is None:
         if during_write and _checkpoint_being_written(run_dir):
@@ -154,19 +156,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.faults", description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--kills", type=int, default=2, help="kill -9 attempts per trial before the final resume")
-    parser.add_argument("--max-delay", type=float, default=25.0, help="latest kill, seconds after a start")
+    parser.add_argument("--max-delay", type=float, default=None, help="latest kill, seconds after a start (default: 0.9 x the reference run)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None, help="generated datasets (default: a temporary directory)")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="jepa-faults-"))
     data_dir = Path(args.data_dir) if args.data_dir else workdir / "data"
     try:
-        start = time.perf_counter()
-        reference = run_reference(workdir, data_dir)
-        print(f"reference run: {time.perf_counter() - start:.0f}s", flush=True)
+        reference, seconds = run_reference(workdir, data_dir)
+        max_delay = args.max_delay or 0.9 * seconds
+        print(f"reference run: {seconds:.0f}s; kills between {0.25 * max_delay:.0f}s and {max_delay:.0f}s after each start", flush=True)
         matched = 0
         for i in range(args.trials):
-            outcome = trial(workdir, data_dir, reference, args.seed + i, args.kills, args.max_delay)
+            outcome = trial(workdir, data_dir, reference, args.seed + i, args.kills, max_delay)
             matched += outcome.matched
             print(f"trial {i + 1}: {'match' if outcome.matched else 'MISMATCH'} after {outcome.kills} kill(s): {outcome.detail}", flush=True)
         print(f"matched {matched}/{args.trials}")

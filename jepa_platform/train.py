@@ -144,8 +144,8 @@ def _resume_point(cfg: DictConfig, output_dir: Path) -> Path | None:
 
 
 def _build_logger(cfg: DictConfig, ckpt_path: Path | None) -> Any:
-    """The MLflow logger (rank 0 only), connected before training: a resumed run continues the run that wrote the
-    checkpoint; an unreachable or unwritable store is a one-line error here."""
+    """The MLflow logger (rank 0 only), not yet connected: a resumed run continues the run that wrote the checkpoint;
+    an unreachable or unwritable store is a one-line error here."""
     # Only rank 0 logs; building the logger on every rank would also race on a fresh MLflow store.
     if not (cfg.get("logger") and cfg.logger.get("_target_") and global_rank() == 0):
         return False
@@ -158,10 +158,7 @@ def _build_logger(cfg: DictConfig, ckpt_path: Path | None) -> Any:
         extra.update(resume_step=checkpoint_step(ckpt_path), resume_checkpoint=str(ckpt_path))
     if cfg.logger.get("tracking_uri"):
         check_tracking_uri(str(cfg.logger.tracking_uri), float(cfg.logger.get("connect_timeout", 15)))
-    logger = build(cfg.logger, "logger", **extra)
-    if isinstance(logger, RunLogger):
-        logger.connect()
-    return logger
+    return build(cfg.logger, "logger", **extra)
 
 
 def run_train(cfg: DictConfig) -> dict[str, float]:
@@ -189,18 +186,15 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [*callbacks, RNGStates(), recorder]
     if not logger:  # nothing to record learning rates into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    try:
-        trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
-        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        if ckpt_path is not None and is_sharded(ckpt_path) and not isinstance(trainer.strategy, ModelParallelStrategy):
-            raise CheckpointError(
-                f"{ckpt_path} is a sharded (FSDP) checkpoint: resume it with trainer=fsdp, or consolidate it first with "
-                "python -m lightning.pytorch.utilities.consolidate_checkpoint <dir>"
-            )
-    except BaseException:
-        if logger:
-            logger.finalize("failed")
-        raise
+    trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
+    trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    if ckpt_path is not None and is_sharded(ckpt_path) and not isinstance(trainer.strategy, ModelParallelStrategy):
+        raise CheckpointError(
+            f"{ckpt_path} is a sharded (FSDP) checkpoint: resume it with trainer=fsdp, or consolidate it first with "
+            "python -m lightning.pytorch.utilities.consolidate_checkpoint <dir>"
+        )
+    if isinstance(logger, RunLogger):  # only now does the run open (or reopen) in MLflow: every check before touched none
+        logger.connect()
     trainer.fit(model, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
     if trainer.state.status != TrainerStatus.FINISHED:
         raise JepaError(f"training stopped early ({trainer.state.status.value}): see the log above")

@@ -1,0 +1,184 @@
+"""Guards, MLflow integrity and data integrity, as a user meets them through ``jepa``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from PIL import Image
+
+from data_modules.urls import tar_has_end
+from jepa_platform.callbacks import NonFiniteGuard, TrainingDiverged
+from jepa_platform.testing import write_tar
+
+COLLAPSE = ["debug=fast", "optimizer=adamw", "optimizer.lr=5e-3", "trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
+
+
+def _jepa(*args: str, runs: Path, data_root: Path, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
+    env = dict(os.environ, JEPA_RUNS_DIR=str(runs), JEPA_DATA_DIR=str(data_root), PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "jepa_platform.cli", *args]
+    if popen:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _runs(runs: Path) -> list:
+    client = MlflowClient(f"sqlite:///{runs}/mlflow.db")
+    return client, client.search_runs([client.get_experiment_by_name("jepa").experiment_id], order_by=["attributes.start_time ASC"])
+
+
+@pytest.mark.parametrize(("objective", "trips"), [("invariance_only", True), ("vicreg", False)])
+def test_collapse_monitor_trips_on_the_control_only(tmp_path: Path, data_root: Path, objective: str, trips: bool):
+    result = _jepa("train", *COLLAPSE, f"objective={objective}", runs=tmp_path, data_root=data_root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    _, (run,) = _runs(tmp_path)
+    assert ("collapse.step" in run.data.tags) is trips, run.data.tags
+    assert ("collapse:" in result.stderr) is trips
+
+
+class _Blows(L.LightningModule):
+    """A one-parameter model whose loss is NaN at step ``at``."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+        self.at = at
+
+    def training_step(self, batch, batch_idx):
+        loss = (self.w * batch[0]).pow(2).mean()
+        return loss * float("nan") if self.global_step == self.at else loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(64, 1)), batch_size=4)
+
+
+def _fit(guard: NonFiniteGuard, tmp_path: Path, at: int) -> tuple[L.Trainer, _Blows]:
+    model = _Blows(at)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[guard])
+    trainer.fit(model)
+    return trainer, model
+
+
+def test_nonfinite_guard_stop_names_the_step_without_reading_every_step(tmp_path: Path):
+    with pytest.raises(TrainingDiverged, match="non-finite at step 3 "):
+        _fit(NonFiniteGuard("stop", check_every_n_steps=5), tmp_path, at=3)
+
+
+def test_nonfinite_guard_skip_leaves_the_weights_and_counts(tmp_path: Path):
+    guard = NonFiniteGuard("skip", max_consecutive=3)
+    _trainer, model = _fit(guard, tmp_path, at=3)
+    assert guard.skipped == 1 and torch.isfinite(model.w).all()
+    _ref_trainer, ref = _fit(NonFiniteGuard("skip"), tmp_path, at=-1)
+    assert not torch.equal(model.w, ref.w)  # one step fewer was taken
+
+
+def test_sigterm_marks_the_run_killed_and_a_kill_9_is_found_later(tmp_path: Path, data_root: Path):
+    args = ("train", "debug=fast", "trainer.max_epochs=50", "trainer.enable_progress_bar=false")
+    proc = _jepa(*args, runs=tmp_path, data_root=data_root, start_new_session=True)
+    _wait_for_training(proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    _client, runs = _runs(tmp_path)
+    assert [r.info.status for r in runs] == ["KILLED"]
+
+    proc = _jepa(*args, runs=tmp_path, data_root=data_root, start_new_session=True)
+    _wait_for_training(proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _runs(tmp_path)[1][-1].info.status == "RUNNING"  # nothing could mark it
+    done = _jepa("train", "debug=fast", "trainer.enable_progress_bar=false", runs=tmp_path, data_root=data_root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    statuses = [r.info.status for r in _runs(tmp_path)[1]]
+    assert statuses == ["KILLED", "KILLED", "FINISHED"], statuses
+    assert "jepa.died" in _runs(tmp_path)[1][1].data.tags
+
+
+def _wait_for_training(proc: subprocess.Popen, timeout: float = 120) -> None:
+    start = time.monotonic()
+    for line in proc.stdout:
+        if "Epoch" in line or "epoch 1/" in line or "Training" in line or "LR" in line:
+            return
+        assert time.monotonic() - start < timeout
+    raise AssertionError("the run ended before training started")
+
+
+def test_resume_is_tagged_and_a_failed_resume_leaves_the_run_finished(tmp_path: Path, data_root: Path):
+    env = {"JEPA_RUN_ID": "tagged"}
+    os.environ.update(env)
+    try:
+        first = _jepa("train", "debug=fast", "trainer.enable_progress_bar=false", runs=tmp_path, data_root=data_root)
+        assert first.returncode == 0, first.stderr[-2000:]
+        more = _jepa(
+            "train", "debug=fast", "trainer.max_epochs=2", "ckpt_path=last", "trainer.enable_progress_bar=false", runs=tmp_path, data_root=data_root
+        )
+        assert more.returncode == 0, more.stderr[-2000:]
+        bad = _jepa("train", "debug=fast", "trainer.max_epochs=3", "ckpt_path=last", "trainer.accelerator=gpu", runs=tmp_path, data_root=data_root)
+        assert bad.returncode != 0
+    finally:
+        os.environ.pop("JEPA_RUN_ID")
+    client, (run,) = _runs(tmp_path)
+    tags = run.data.tags
+    assert run.info.status == "FINISHED", "a failed resume flipped the finished run"
+    assert tags["resume.1.from_step"] == "16" and tags["resume.1.previous_status"] == "FINISHED"
+    changed = {k for k in tags if k.startswith("resume.") and k.split(".")[1] not in ("count", "1")}
+    assert changed == {"resume.trainer.max_epochs"}, tags  # the one real change, no false config tags
+    for key in run.data.metrics:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps)), f"{key} logged twice at a step"
+
+
+def test_truncated_tar_without_manifest_is_counted(tmp_path: Path, data_root: Path):
+    buf = _png(np.zeros((32, 32, 3), dtype=np.uint8))
+    shard = tmp_path / "part-000.tar"
+    write_tar(shard, [{"__key__": f"s{i:04d}", "png": buf, "cls": b"1"} for i in range(96)])
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2 // 512 * 512])  # cut at a header boundary: tarfile reads it without a word
+    assert not tar_has_end(str(shard))
+    result = _jepa(
+        "train", "debug=fast", "data=images", f"data.urls={shard}", "data.image_size=32", "data.batch_size=8", "logger=none",
+        "~callbacks.collapse_monitor", "trainer.enable_progress_bar=false", "data.max_error_rate=0.5", runs=tmp_path, data_root=data_root,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "truncated tar" in result.stderr
+
+
+def _png(array: np.ndarray) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_convert_keep_verifies_images_writes_readable_data_and_its_hint_works(tmp_path: Path, data_root: Path):
+    src = tmp_path / "images"
+    for cls in ("a", "b"):
+        (src / cls).mkdir(parents=True)
+        for i in range(40):
+            Image.fromarray(np.full((32, 32, 3), i * 5 + (cls == "b") * 100, dtype=np.uint8)).save(src / cls / f"{i}.png")
+    (src / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really")
+    out = tmp_path / "shards"
+    result = _jepa("data", "convert", str(src), str(out), "--format", "keep", "--val-fraction", "0.2", runs=tmp_path, data_root=data_root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipped 1 unreadable" in result.stdout + result.stderr
+    assert stat.S_IMODE(out.stat().st_mode) & 0o005 == 0o005, oct(out.stat().st_mode)  # others may read and enter
+    hint = next(line for line in (result.stdout + result.stderr).splitlines() if "jepa train" in line)
+    command = hint.split("train on it: ", 1)[-1].replace("<side>", "32").split()
+    assert command[:2] == ["jepa", "train"]
+    run = _jepa(
+        *command[1:], "debug=fast", "data.batch_size=8", "logger=none", "trainer.enable_progress_bar=false", runs=tmp_path, data_root=data_root
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
