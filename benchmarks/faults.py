@@ -134,7 +134,7 @@ def compare(runs: Path, reference: Path, kills: int) -> Outcome:
     def history(r: Path) -> tuple[str, dict[str, list[tuple[int, float]]], dict[str, str]]:
         client = MlflowClient(f"sqlite:///{r}/mlflow.db")
         run = client.search_runs([client.get_experiment_by_name("jepa").experiment_id])[0]
-        keys = [k for k in run.data.metrics if k != "epoch"]
+        keys = list(run.data.metrics)
         return run.info.status, {k: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)) for k in keys}, run.data.tags
 
     status, hist, tags = history(runs)

@@ -223,7 +223,11 @@ class ShardStream(IterableDataset):
     # -- reading ------------------------------------------------------------------------------------------------
     def _read(self, shard: ShardRange, budget: ErrorBudget) -> Iterator[dict]:
         expected = None if shard.stop is None else shard.stop - shard.start
-        got, whole = 0, True  # whole: read to the end of the tar
+        got = 0
+        if not tar_has_end(shard.url):
+            # cut short (an interrupted copy): tarfile would read it to the cut without a word, and without a manifest
+            # the lost samples cannot be counted: at least the one cut in half is, once per epoch and reader
+            budget.skip(1, f"truncated tar {shard.url}", "no end-of-archive marker: the file was cut short; re-copy or re-write it")
         try:
             stream = open_url(shard.url)
         except (OSError, ValueError) as exc:
@@ -234,7 +238,6 @@ class ShardStream(IterableDataset):
                 if j < shard.start:
                     continue
                 if shard.stop is not None and j >= shard.stop:
-                    whole = False
                     break
                 sample["__url__"] = shard.url
                 got += 1
@@ -246,9 +249,6 @@ class ShardStream(IterableDataset):
             stream.close()
         if expected is not None and got < expected:
             budget.skip(expected - got, f"shard {shard.url} ended early", f"{got} of {expected} samples")
-        elif whole and not tar_has_end(shard.url):
-            # without a manifest the lost samples cannot be counted: at least the one cut in half is
-            budget.skip(1, f"truncated tar {shard.url} after {got} samples", "no end-of-archive marker: the file was cut short")
 
     def _planned(self, ranges: list[ShardRange], budget: ErrorBudget, rng: random.Random) -> Iterator[dict]:
         """The worker's ranges, shuffled; read again (shuffled anew) only to top up after skipped samples."""

@@ -3,7 +3,8 @@
 :class:`RunLogger` is Lightning's ``MLFlowLogger`` plus what a pre-empted, resumed run needs:
 
 * **one value per step**: a resumed run re-does the steps after its checkpoint; metrics the run already holds at
-  those steps are not logged again (resume is exact, so they are the same values);
+  those steps are not logged again (resume is exact, so they are the same values). Within an attempt too, a key is
+  logged at most once per step (Lightning sends ``epoch`` with every batch of metrics);
 * **honest status**: a run stopped by a signal is ``KILLED``; a resume that fails before training its first step
   leaves the run's status as it was (a ``FINISHED`` run stays ``FINISHED``); a run whose process died without a word
   (``kill -9``, out of memory) is marked ``KILLED`` the next time a run starts on the same host
@@ -152,6 +153,7 @@ class RunLogger(MLFlowLogger):
         if fresh:
             self._trained = True
             super().log_metrics(fresh, step)
+            self._logged_until.update(dict.fromkeys(fresh, step))
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:

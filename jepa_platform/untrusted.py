@@ -103,6 +103,14 @@ class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype | torch.layout | torch.memory_format)):
             return getattr(torch, name)
+        if module == "torch.serialization" and name == "_get_layout":  # a layout by its name, from torch's own table
+            from torch.serialization import _get_layout
+
+            return _get_layout
+        if module == "pathlib" and name in ("Path", "PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"):
+            import pathlib  # the checkpoint's own path (storage_meta.checkpoint_id): a value, not code
+
+            return getattr(pathlib, name)
         if module == "collections" and name == "OrderedDict":
             import collections
 

@@ -42,7 +42,7 @@ def test_cfg_job_prints_config(tmp_path: Path, data_root: Path):
 
 
 def test_arguments_that_do_not_fit_exit_with_one_line(tmp_path: Path, data_root: Path):
-    result = _jepa("train", "debug=fast", "data=images", "data.urls=x.tar", cwd=tmp_path, env_data=data_root)
+    result = _jepa("train", "debug=fast", "data=images", "data.urls=x.tar", "+data.num_train=5", cwd=tmp_path, env_data=data_root)
     assert result.returncode == 2
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "cannot build data" in errors[0] and "num_train" in errors[0]

@@ -120,16 +120,17 @@ def test_fsdp_run_from_the_command_line_resumes_exports_and_evaluates(tmp_path: 
     (run,) = _runs(tmp_path)
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_dir() and (ckpt / "meta.pt").is_file(), "trainer=fsdp should write a sharded checkpoint"
+    first_step = torch.load(ckpt / "meta.pt", weights_only=True)["global_step"]
 
     wrong = _jepa("train", "debug=fast_vit", "objective=ema_jepa", f"ckpt_path={run}", "trainer.max_epochs=2", cwd=tmp_path, env=env)
     assert wrong.returncode == 2 and "is a sharded (FSDP) checkpoint: resume it with trainer=fsdp" in wrong.stderr
 
     resumed = _jepa(*args, f"ckpt_path={run}", "trainer.max_epochs=2", cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    second = next(p for p in _runs(tmp_path) if p != run)
+    assert _runs(tmp_path) == [run]  # the resumed run continues in its own directory
+    second = run
     meta = torch.load(second / "checkpoints" / "last.ckpt" / "meta.pt", weights_only=True)
-    first_meta = torch.load(ckpt / "meta.pt", weights_only=True)
-    assert meta["global_step"] == 2 * first_meta["global_step"] > 0
+    assert meta["global_step"] == 2 * first_step > 0
 
     out = tmp_path / "encoder.pt"
     exported = _jepa("export", str(second), "--out", str(out), cwd=tmp_path, env=env)
