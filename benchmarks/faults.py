@@ -26,10 +26,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-#: a short run with mid-epoch checkpoints: 3 epochs of 16 steps, a checkpoint every 4 steps (the last at the end)
+#: a short run with mid-epoch checkpoints: epochs of 16 steps (``--epochs``), a checkpoint every 4 steps
 OVERRIDES = (
     "debug=fast",
-    "trainer.max_epochs=3",
     "trainer.enable_progress_bar=false",
     "callbacks.model_checkpoint.every_n_train_steps=4",
     "callbacks.model_checkpoint.every_n_epochs=0",
@@ -48,8 +47,11 @@ def _env(runs: Path, data_dir: Path) -> dict[str, str]:
     return env
 
 
+EPOCHS = [3]
+
+
 def _command(*extra: str) -> list[str]:
-    return [sys.executable, "-m", "jepa_platform.cli", "train", *OVERRIDES, *extra]
+    return [sys.executable, "-m", "jepa_platform.cli", "train", *OVERRIDES, f"trainer.max_epochs={EPOCHS[0]}", *extra]
 
 
 def _run_dir(runs: Path) -> Path:
@@ -157,9 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--kills", type=int, default=2, help="kill -9 attempts per trial before the final resume")
     parser.add_argument("--max-delay", type=float, default=None, help="latest kill, seconds after a start (default: 0.9 x the reference run)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the run (16 steps each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None, help="generated datasets (default: a temporary directory)")
     args = parser.parse_args(argv)
+    EPOCHS[0] = args.epochs
     workdir = Path(tempfile.mkdtemp(prefix="jepa-faults-"))
     data_dir = Path(args.data_dir) if args.data_dir else workdir / "data"
     try:

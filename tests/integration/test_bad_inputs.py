@@ -17,12 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.core.global_hydra import GlobalHydra
 
-from jepa_platform import cli
 from jepa_platform.errors import JepaError
 from jepa_platform.export import load_exported
-from jepa_platform.launch import run_stamp
+from jepa_platform.testing import run_jepa
 from jepa_platform.untrusted import MANIFEST
 
 PWNED = "jepa-pwned-marker"
@@ -58,21 +56,13 @@ def _snapshot(run_dir: Path) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, data_root: Path):
-    """A trained tiny run (runs/), and the environment every case runs in."""
+    """A trained tiny run (runs/good_vicreg), and the environment every case runs in."""
     root = tmp_path_factory.mktemp("bad-inputs")
     runs = root / "runs"
-    old = {k: os.environ.get(k) for k in ("JEPA_RUNS_DIR", "JEPA_DATA_DIR", "JEPA_RUN_ID")}
-    os.environ.update(JEPA_RUNS_DIR=str(runs), JEPA_DATA_DIR=str(data_root), JEPA_RUN_ID="good")
-    GlobalHydra.instance().clear()
-    assert cli.main(["train", "debug=fast", "trainer.enable_progress_bar=false"]) == 0
-    os.environ.pop("JEPA_RUN_ID")
-    run_stamp.cache_clear()  # the cases start runs of their own
-    yield root, runs, runs / "good_vicreg"
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    variables = {"JEPA_RUNS_DIR": str(runs), "JEPA_DATA_DIR": str(data_root)}
+    trained = run_jepa(["train", "debug=fast", "trainer.enable_progress_bar=false"], {**variables, "JEPA_RUN_ID": "good"})
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    return root, variables, runs / "good_vicreg"
 
 
 def _crafted(root: Path, run_dir: Path) -> dict[str, Path]:
@@ -171,20 +161,15 @@ def _fill(args: list[str], values: dict[str, object]) -> list[str]:
 
 
 @pytest.mark.parametrize(("name", "args", "expected"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_and_changes_nothing(env, name: str, args: list[str], expected: str, capsys):
-    root, _runs, run_dir = env
+def test_bad_input_is_one_line_and_changes_nothing(env, name: str, args: list[str], expected: str):
+    root, variables, run_dir = env
     case_dir = root / re.sub(r"[^a-z0-9]+", "-", name)
     crafted = _crafted(case_dir, run_dir)
     values = {**{k: str(v) for k, v in crafted.items()}, "root": str(case_dir), "run_dir": str(run_dir), "port": _free_port()}
     values["sharded_run"] = str(crafted["sharded"].parent.parent)
     before = _snapshot(run_dir)
-    capsys.readouterr()
-    GlobalHydra.instance().clear()
-    try:
-        code = cli.main(_fill(args, values))
-    except SystemExit as exc:
-        code = exc.code
-    err = capsys.readouterr().err
+    result = run_jepa(_fill(args, values), variables)
+    code, err = result.returncode, result.stderr
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code not in (0, None), f"{name}: exit {code}"
     assert len(errors) == 1 and "Traceback" not in err, f"{name}: {err[-2000:]}"
@@ -202,7 +187,7 @@ def test_bad_input_is_one_line_and_changes_nothing(env, name: str, args: list[st
 
 
 def test_crafted_export_file_never_runs_code(env):
-    root, _runs, run_dir = env
+    root, _variables, run_dir = env
     crafted = _crafted(root / "export-api", run_dir)
     with pytest.raises(JepaError, match=r"os\.system"):
         load_exported(crafted["export"])

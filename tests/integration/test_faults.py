@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_killed_and_resumed_run_matches_the_uninterrupted_one(data_root: Path):
     # trial seed 0 waits for a checkpoint file to be half-written before its kill, the hardest moment
-    cmd = [sys.executable, "-m", "benchmarks.faults", "--trials", "1", "--kills", "1", "--data-dir", str(data_root)]
+    cmd = [sys.executable, "-m", "benchmarks.faults", "--trials", "1", "--kills", "1", "--epochs", "2", "--data-dir", str(data_root)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     assert "matched 1/1" in result.stdout and "one value per step" in result.stdout, result.stdout

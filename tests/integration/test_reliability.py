@@ -19,9 +19,24 @@ from PIL import Image
 
 from data_modules.urls import tar_has_end
 from jepa_platform.callbacks import NonFiniteGuard, TrainingDiverged
-from jepa_platform.testing import write_tar
+from jepa_platform.testing import run_jepa, write_tar
 
-COLLAPSE = ["debug=fast", "optimizer=adamw", "optimizer.lr=5e-3", "trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
+COLLAPSE = ["debug=fast", "optimizer=adamw", "optimizer.lr=5e-3", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false"]
+
+
+QUICK = ("debug=fast", "trainer.enable_progress_bar=false", "trainer.limit_train_batches=4", "trainer.limit_val_batches=1")
+
+
+@pytest.fixture
+def jepa_here(tmp_path: Path, data_root: Path):
+    """``jepa ...`` in this process (no interpreter start-up): the exit status and what it printed."""
+
+    def run(*args: str, run_id: str | None = None) -> tuple[int, str]:
+        env = {"JEPA_RUNS_DIR": str(tmp_path), "JEPA_DATA_DIR": str(data_root), **({"JEPA_RUN_ID": run_id} if run_id else {})}
+        result = run_jepa(list(args), env)
+        return result.returncode, result.stdout + result.stderr
+
+    return run
 
 
 def _jepa(*args: str, runs: Path, data_root: Path, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
@@ -38,12 +53,11 @@ def _runs(runs: Path) -> list:
 
 
 @pytest.mark.parametrize(("objective", "trips"), [("invariance_only", True), ("vicreg", False)])
-def test_collapse_monitor_trips_on_the_control_only(tmp_path: Path, data_root: Path, objective: str, trips: bool):
-    result = _jepa("train", *COLLAPSE, f"objective={objective}", runs=tmp_path, data_root=data_root)
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_collapse_monitor_trips_on_the_control_only(tmp_path: Path, jepa_here, objective: str, trips: bool):
+    code, out = jepa_here("train", *COLLAPSE, f"objective={objective}")
+    assert code == 0, out[-2000:]
     _, (run,) = _runs(tmp_path)
     assert ("collapse.step" in run.data.tags) is trips, run.data.tags
-    assert ("collapse:" in result.stdout + result.stderr) is trips
 
 
 class _Blows(L.LightningModule):
@@ -100,7 +114,7 @@ def test_nonfinite_guard_skip_leaves_the_weights_and_counts(tmp_path: Path):
 
 
 def test_sigterm_marks_the_run_killed_and_a_kill_9_is_found_later(tmp_path: Path, data_root: Path):
-    args = ("train", "debug=fast", "trainer.max_epochs=50", "trainer.enable_progress_bar=false")
+    args = ("train", *QUICK, "trainer.max_epochs=50")
     proc = _jepa(*args, runs=tmp_path, data_root=data_root, start_new_session=True)
     _wait_for_training(proc)
     proc.send_signal(signal.SIGTERM)
@@ -113,7 +127,7 @@ def test_sigterm_marks_the_run_killed_and_a_kill_9_is_found_later(tmp_path: Path
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert _runs(tmp_path)[1][-1].info.status == "RUNNING"  # nothing could mark it
-    done = _jepa("train", "debug=fast", "trainer.enable_progress_bar=false", runs=tmp_path, data_root=data_root)
+    done = run_jepa(["train", *QUICK], {"JEPA_RUNS_DIR": str(tmp_path), "JEPA_DATA_DIR": str(data_root)})  # the next run
     assert done.returncode == 0, done.stderr[-2000:]
     statuses = [r.info.status for r in _runs(tmp_path)[1]]
     assert statuses == ["KILLED", "KILLED", "FINISHED"], statuses
@@ -129,24 +143,16 @@ def _wait_for_training(proc: subprocess.Popen, timeout: float = 120) -> None:
     raise AssertionError("the run ended before training started")
 
 
-def test_resume_is_tagged_and_a_failed_resume_leaves_the_run_finished(tmp_path: Path, data_root: Path):
-    env = {"JEPA_RUN_ID": "tagged"}
-    os.environ.update(env)
-    try:
-        first = _jepa("train", "debug=fast", "trainer.enable_progress_bar=false", runs=tmp_path, data_root=data_root)
-        assert first.returncode == 0, first.stderr[-2000:]
-        more = _jepa(
-            "train", "debug=fast", "trainer.max_epochs=2", "ckpt_path=last", "trainer.enable_progress_bar=false", runs=tmp_path, data_root=data_root
-        )
-        assert more.returncode == 0, more.stderr[-2000:]
-        bad = _jepa("train", "debug=fast", "trainer.max_epochs=3", "ckpt_path=last", "trainer.accelerator=gpu", runs=tmp_path, data_root=data_root)
-        assert bad.returncode != 0
-    finally:
-        os.environ.pop("JEPA_RUN_ID")
+def test_resume_is_tagged_and_a_failed_resume_leaves_the_run_finished(tmp_path: Path, jepa_here):
+    quick = QUICK
+    assert jepa_here("train", *quick, run_id="tagged")[0] == 0
+    code, out = jepa_here("train", *quick, "trainer.max_epochs=2", "ckpt_path=last", run_id="tagged")
+    assert code == 0, out[-2000:]
+    assert jepa_here("train", *quick, "trainer.max_epochs=3", "ckpt_path=last", "trainer.accelerator=gpu", run_id="tagged")[0] == 2
     client, (run,) = _runs(tmp_path)
     tags = run.data.tags
     assert run.info.status == "FINISHED", "a failed resume flipped the finished run"
-    assert tags["resume.1.from_step"] == "16" and tags["resume.1.previous_status"] == "FINISHED"
+    assert tags["resume.1.from_step"] == "4" and tags["resume.1.previous_status"] == "FINISHED"
     changed = {k for k in tags if k.startswith("resume.") and k.split(".")[1] not in ("count", "1")}
     assert changed == {"resume.trainer.max_epochs"}, tags  # the one real change, no false config tags
     for key in run.data.metrics:
@@ -154,19 +160,20 @@ def test_resume_is_tagged_and_a_failed_resume_leaves_the_run_finished(tmp_path: 
         assert len(steps) == len(set(steps)), f"{key} logged twice at a step"
 
 
-def test_truncated_tar_without_manifest_is_counted(tmp_path: Path, data_root: Path):
+def test_truncated_tar_without_manifest_is_counted(tmp_path: Path, jepa_here):
     buf = _png(np.zeros((32, 32, 3), dtype=np.uint8))
     shard = tmp_path / "part-000.tar"
     write_tar(shard, [{"__key__": f"s{i:04d}", "png": buf, "cls": b"1"} for i in range(96)])
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2 // 512 * 512])  # cut at a header boundary: tarfile reads it without a word
     assert not tar_has_end(str(shard))
-    result = _jepa(
-        "train", "debug=fast", "data=images", f"data.urls={shard}", "data.image_size=32", "data.batch_size=8", "logger=none",
-        "~callbacks.collapse_monitor", "trainer.enable_progress_bar=false", "data.max_error_rate=0.5", runs=tmp_path, data_root=data_root,
+    code, out = jepa_here(
+        "train", "debug=fast", "data=images", f"data.urls={shard}", "data.image_size=32", "data.batch_size=8",
+        "~callbacks.collapse_monitor", "trainer.enable_progress_bar=false", "data.max_error_rate=0.5",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "truncated tar" in result.stdout + result.stderr
+    assert code == 0, out[-2000:]
+    client, (run,) = _runs(tmp_path)
+    assert client.get_metric_history(run.info.run_id, "data/skipped")[-1].value >= 1
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -177,7 +184,7 @@ def _png(array: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def test_convert_keep_verifies_images_writes_readable_data_and_its_hint_works(tmp_path: Path, data_root: Path):
+def test_convert_keep_verifies_images_writes_readable_data_and_its_hint_works(tmp_path: Path, jepa_here):
     src = tmp_path / "images"
     for cls in ("a", "b"):
         (src / cls).mkdir(parents=True)
@@ -185,14 +192,12 @@ def test_convert_keep_verifies_images_writes_readable_data_and_its_hint_works(tm
             Image.fromarray(np.full((32, 32, 3), i * 3 + (cls == "b") * 100, dtype=np.uint8)).save(src / cls / f"{i}.png")
     (src / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really")
     out = tmp_path / "shards"
-    result = _jepa("data", "convert", str(src), str(out), "--format", "keep", "--val-fraction", "0.2", runs=tmp_path, data_root=data_root)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "skipped 1 unreadable" in result.stdout + result.stderr
+    code, printed = jepa_here("data", "convert", str(src), str(out), "--format", "keep", "--val-fraction", "0.2", "--workers", "1", "--no-progress")
+    assert code == 0, printed[-2000:]
+    assert "skipped 1 unreadable" in printed
     assert stat.S_IMODE(out.stat().st_mode) & 0o005 == 0o005, oct(out.stat().st_mode)  # others may read and enter
-    hint = next(line for line in (result.stdout + result.stderr).splitlines() if "jepa train" in line)
+    hint = next(line for line in printed.splitlines() if "jepa train" in line)
     command = hint.split("train on it: ", 1)[-1].replace("<side>", "32").split()
     assert command[:2] == ["jepa", "train"]
-    run = _jepa(
-        *command[1:], "debug=fast", "data.batch_size=8", "logger=none", "trainer.enable_progress_bar=false", runs=tmp_path, data_root=data_root
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
+    code, printed = jepa_here(*command[1:], "debug=fast", "data.batch_size=8", "logger=none", "trainer.enable_progress_bar=false")
+    assert code == 0, printed[-2000:]

@@ -24,7 +24,7 @@ from jepa_platform.errors import CheckpointError
 from jepa_platform.export import FORMAT, load_exported
 from jepa_platform.parity import strategy_losses
 from jepa_platform.registry import OBJECTIVES
-from jepa_platform.testing import _free_port
+from jepa_platform.testing import _free_port, run_jepa
 from jepa_platform.train import RUN_INFO, run_train
 
 REL = 1e-9
@@ -122,7 +122,7 @@ def test_fsdp_run_from_the_command_line_resumes_exports_and_evaluates(tmp_path: 
     assert ckpt.is_dir() and (ckpt / "meta.pt").is_file(), "trainer=fsdp should write a sharded checkpoint"
     first_step = torch.load(ckpt / "meta.pt", weights_only=True)["global_step"]
 
-    wrong = _jepa("train", "debug=fast_vit", "objective=ema_jepa", f"ckpt_path={run}", "trainer.max_epochs=2", cwd=tmp_path, env=env)
+    wrong = run_jepa(["train", "debug=fast_vit", "objective=ema_jepa", f"ckpt_path={run}", "trainer.max_epochs=2"], env)
     assert wrong.returncode == 2 and "is a sharded (FSDP) checkpoint: resume it with trainer=fsdp" in wrong.stderr
 
     resumed = _jepa(*args, f"ckpt_path={run}", "trainer.max_epochs=2", cwd=tmp_path, env=env)
@@ -133,7 +133,7 @@ def test_fsdp_run_from_the_command_line_resumes_exports_and_evaluates(tmp_path: 
     assert meta["global_step"] == 2 * first_step > 0
 
     out = tmp_path / "encoder.pt"
-    exported = _jepa("export", str(second), "--out", str(out), cwd=tmp_path, env=env)
+    exported = run_jepa(["export", str(second), "--out", str(out)], env)
     assert exported.returncode == 0, exported.stderr[-3000:]
     record = torch.load(out, weights_only=True)
     assert record["format"] == FORMAT and record["timm_name"] == "test_vit" and record["source"]["module"] == "target"
@@ -143,13 +143,14 @@ def test_fsdp_run_from_the_command_line_resumes_exports_and_evaluates(tmp_path: 
         assert torch.equal(record["state_dict"][key.removeprefix("target.model.")], value), key
     encoder = load_exported(out)
     assert encoder(torch.randn(2, 3, 32, 32)).shape == (2, record["num_features"])
-    again = _jepa("export", str(second), "--out", str(out), cwd=tmp_path, env=env)
+    again = run_jepa(["export", str(second), "--out", str(out)], env)
     assert again.returncode == 2 and "exists" in again.stderr and torch.load(out, weights_only=True)["format"] == FORMAT
 
-    evaluated = _jepa("eval", str(second), "--train-samples", "256", "--random-init", "skip", "--no-mlflow", cwd=tmp_path, env=env)
+    evaluated = run_jepa(["eval", str(second), "--train-samples", "256", "--random-init", "skip", "--no-mlflow"], env)
     assert evaluated.returncode == 0 and "trained" in evaluated.stdout, evaluated.stderr[-3000:]
 
 
+@pytest.mark.slow  # 18 s: two torchrun launches; the launch plumbing is also covered by tests/unit/test_launch.py
 def test_torchrun_two_nodes_on_loopback(tmp_path: Path, data_root: Path):
     """Two torchrun launchers, one process each, rendezvous over c10d on 127.0.0.1 as two nodes (the command of the
     README), train with trainer=multinode (FSDP2) and write one run: one sharded checkpoint with a shard per rank."""
