@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from jepa_platform import cli
+from jepa_platform.testing import run_jepa
 
 
 def _jepa(*args: str, cwd: Path, env_data: Path) -> subprocess.CompletedProcess:
@@ -27,8 +28,13 @@ def test_train_runs_and_writes_a_run(tmp_path: Path, data_root: Path):
     assert (tmp_path / "runs" / "mlflow.db").is_file()
 
 
+def _jepa_here(*args: str, cwd: Path, env_data: Path) -> subprocess.CompletedProcess:
+    """The same command in this process (no interpreter start-up): for everything but the end-to-end run above."""
+    return run_jepa(list(args), {"JEPA_DATA_DIR": str(env_data), "JEPA_RUNS_DIR": str(cwd / "runs")})
+
+
 def test_help_lists_groups(tmp_path: Path, data_root: Path):
-    result = _jepa("train", "--help", cwd=tmp_path, env_data=data_root)
+    result = _jepa_here("train", "--help", cwd=tmp_path, env_data=data_root)
     assert result.returncode == 0
     lines = {line.split(": ")[0]: line.split(": ")[1].split(", ") for line in result.stdout.splitlines() if ": " in line}
     assert {"barlow", "invariance_only", "sigreg", "simclr", "vicreg", "simsiam"} <= set(lines["objective"])  # simsiam: the plugin
@@ -37,19 +43,19 @@ def test_help_lists_groups(tmp_path: Path, data_root: Path):
 
 
 def test_cfg_job_prints_config(tmp_path: Path, data_root: Path):
-    result = _jepa("train", "objective.sim_weight=10", "--cfg", "job", cwd=tmp_path, env_data=data_root)
+    result = _jepa_here("train", "objective.sim_weight=10", "--cfg", "job", cwd=tmp_path, env_data=data_root)
     assert result.returncode == 0 and "sim_weight: 10" in result.stdout
 
 
 def test_arguments_that_do_not_fit_exit_with_one_line(tmp_path: Path, data_root: Path):
-    result = _jepa("train", "debug=fast", "data=images", "data.urls=x.tar", "+data.num_train=5", cwd=tmp_path, env_data=data_root)
+    result = _jepa_here("train", "debug=fast", "data=images", "data.urls=x.tar", "+data.num_train=5", cwd=tmp_path, env_data=data_root)
     assert result.returncode == 2
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "cannot build data" in errors[0] and "num_train" in errors[0]
 
 
 def test_missing_shards_exit_with_one_line(tmp_path: Path, data_root: Path):
-    result = _jepa(
+    result = _jepa_here(
         "train",
         "encoder=tiny",
         "data=images",

@@ -5,11 +5,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import shutil
 import struct
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from data_modules.shapes import render
 from data_modules.urls import expand_urls, iter_tar, open_url
 from jepa_platform import cli
 from jepa_platform.errors import DataError
+from jepa_platform.testing import run_jepa
 
 
 def _labels_in(out: Path, split: str) -> list[int]:
@@ -120,10 +119,10 @@ def test_bad_source_is_one_line(tmp_path: Path, capsys):
 def test_converted_folder_trains_end_to_end(tmp_path: Path):
     """The user's path: an image folder, `jepa data convert`, then `jepa train data=images data.urls=OUT`."""
     src = _image_folder(tmp_path / "src", per_class=40)
-    env = {**os.environ, "JEPA_RUNS_DIR": str(tmp_path / "runs")}
+    env = {"JEPA_RUNS_DIR": str(tmp_path / "runs")}
 
     def jepa(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "jepa_platform.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        return run_jepa(list(args), env)  # in this process: the same command without an interpreter start-up per call
 
     converted = jepa("data", "convert", str(src), str(tmp_path / "shards"), "--shard-size", "16", "--no-progress")
     assert converted.returncode == 0, converted.stderr[-2000:]
