@@ -98,7 +98,20 @@ class _MetadataUnpickler(pickle.Unpickler):
     """Unpickles ``torch.distributed.checkpoint`` metadata and nothing else: only its own classes, ``torch.Size``,
     dtypes and plain containers can be named."""
 
-    _MODULES = ("torch.distributed.checkpoint.", "torch.distributed._shard.", "torch.distributed.tensor.")
+    #: the dataclasses a ``torch.distributed.checkpoint`` metadata file is made of (constructing them runs nothing)
+    _CLASSES = {
+        "torch.distributed.checkpoint.metadata": (
+            "Metadata",
+            "MetadataIndex",
+            "StorageMeta",
+            "TensorProperties",
+            "TensorStorageMetadata",
+            "BytesStorageMetadata",
+            "ChunkStorageMetadata",
+            "_MEM_FORMAT_ENCODING",
+        ),
+        "torch.distributed.checkpoint.filesystem": ("_StorageInfo",),
+    }
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype | torch.layout | torch.memory_format)):
@@ -115,12 +128,10 @@ class _MetadataUnpickler(pickle.Unpickler):
             import collections
 
             return collections.OrderedDict
-        if module.startswith(self._MODULES):
+        if name in self._CLASSES.get(module, ()):
             import importlib
 
-            obj = getattr(importlib.import_module(module), name, None)
-            if isinstance(obj, type) and obj.__module__ == module and not issubclass(obj, BaseException):
-                return obj
+            return getattr(importlib.import_module(module), name)
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in checkpoint metadata")
 
 
@@ -159,7 +170,6 @@ def safe_reader(directory: Path) -> Any:
 def safe_planner() -> Any:
     """A load planner whose non-tensor values load with ``weights_only=True`` (plain values only)."""
     from torch.distributed.checkpoint import DefaultLoadPlanner
-    from torch.distributed.checkpoint._nested_dict import FLATTEN_MAPPING  # noqa: F401  (import check only)
     from torch.distributed.checkpoint._traverse import set_element
 
     class _Planner(DefaultLoadPlanner):
