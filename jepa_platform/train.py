@@ -10,8 +10,8 @@ import json
 import logging
 import os
 import sys
-import time
 import warnings
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -231,7 +231,7 @@ def resume_overrides(args: list[str]) -> list[str]:
         return []
     extra = [f"hydra.run.dir={run_dir}"]
     if global_rank() == 0:  # this attempt's Hydra files and log beside the run's, not over them
-        stamp = f"{time.strftime('%Y-%m-%d_%H-%M-%S')}-{os.getpid()}"
+        stamp = f"{datetime.now().strftime('%Y-%m-%d_%H-%M-%S-%f')}-{os.getpid()}"  # unique per attempt
         extra += [f"hydra.output_subdir=.hydra/resume-{stamp}", f"hydra.job.name=train-resume-{stamp}"]
     return extra
 

@@ -22,7 +22,7 @@ import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -99,7 +99,7 @@ class _MetadataUnpickler(pickle.Unpickler):
     dtypes and plain containers can be named."""
 
     #: the dataclasses a ``torch.distributed.checkpoint`` metadata file is made of (constructing them runs nothing)
-    _CLASSES = {
+    _CLASSES: ClassVar[dict[str, tuple[str, ...]]] = {
         "torch.distributed.checkpoint.metadata": (
             "Metadata",
             "MetadataIndex",
