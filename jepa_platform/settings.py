@@ -43,11 +43,19 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def check_writable_dir(path: Path, key: str) -> None:
-    """A directory that exists or can be created, and can be written."""
+def unwritable(path: Path) -> Path | None:
+    """``None`` if ``path`` is a writable directory or can be created as one; else the ancestor in the way."""
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise ConfigError(f"{key}={path} cannot be written ({existing} is not a writable directory): choose a writable directory")
+        return existing or path
+    return None
+
+
+def check_writable_dir(path: Path, key: str) -> None:
+    """A directory that exists or can be created, and can be written."""
+    blocker = unwritable(path)
+    if blocker is not None:
+        raise ConfigError(f"{key}={path} cannot be written ({blocker} is not a writable directory): choose a writable directory")
 
 
 def check_run_settings(cfg: DictConfig) -> None:

@@ -32,6 +32,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from jepa_platform.errors import ConfigError
+from jepa_platform.settings import unwritable
 
 log = logging.getLogger(__name__)
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
@@ -82,17 +83,11 @@ def check_tracking_uri(uri: str, timeout: float) -> None:
             ) from exc
         return
     local = _sqlite_dir(uri) or (Path(uri.removeprefix("file://")) if uri.startswith("file://") or "://" not in uri else None)
-    if local is not None:
-        existing = next((p for p in (local, *local.parents) if p.exists()), None)
-        if (
-            existing is None
-            or not existing.is_dir()
-            or not os.access(existing, os.W_OK)
-            or (_sqlite_dir(uri) and Path(uri.removeprefix("sqlite:///")).exists() and not os.access(uri.removeprefix("sqlite:///"), os.W_OK))
-        ):
-            raise ConfigError(
-                f"the MLflow store {uri} is not writable: fix its permissions, set paths.runs_dir to a writable directory, or use logger=none"
-            )
+    db = Path(uri.removeprefix("sqlite:///")) if _sqlite_dir(uri) else None
+    if local is not None and (unwritable(local) is not None or (db is not None and db.exists() and not os.access(db, os.W_OK))):
+        raise ConfigError(
+            f"the MLflow store {uri} is not writable: fix its permissions, set paths.runs_dir to a writable directory, or use logger=none"
+        )
 
 
 class RunLogger(MLFlowLogger):
