@@ -26,6 +26,7 @@ def uneven_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow  # 19 s: two spawned ranks with two workers each (DESIGN.md: multi-process runs of more than a few seconds are slow)
 def test_two_ranks_two_workers_read_each_sample_at_most_once(uneven_shards: Path):
     batch, world, workers = 8, 2, 2
     kwargs = {"batch_size": batch, "num_workers": workers, "shuffle_buffer": 16, "view_transform": v2.ToDtype(torch.float32, scale=True)}
