@@ -50,18 +50,7 @@ def checkpoint_step(path: Path) -> int | None:
     (memory-mapped); ``None`` for anything incomplete or unreadable (a file cut short by a kill, a directory
     without its manifest)."""
     try:
-        if path.is_dir():
-            if not is_sharded(path):
-                return None
-            from jepa_platform.untrusted import verify_manifest
-
-            verify_manifest(path)
-            meta = torch.load(path / SHARDED_META, map_location="cpu", weights_only=True)
-        elif path.is_file():
-            meta = load_checkpoint(path, mmap=True)
-        else:
-            return None
-        return int(meta["global_step"])
+        return int(load_checkpoint(path, mmap=True)["global_step"])
     except Exception:
         return None
 
@@ -97,20 +86,11 @@ def find_checkpoint(spec: str, runs_dir: Path, output_dir: Path) -> Path:
             if found is not None:
                 return found
         for candidate in sorted((path / "checkpoints").glob("*.ckpt")) + sorted(path.glob("*.ckpt")):
-            _explain_incomplete(candidate)  # raises with the reason the candidate is not usable
+            load_checkpoint(candidate, mmap=True)  # raises with the reason the candidate is not usable
         raise CheckpointError(f"ckpt_path={spec}: the directory holds no complete checkpoint: give a .ckpt file or a run directory")
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={spec} does not exist: give a .ckpt file, a run directory, or ckpt_path=last")
     return path
-
-
-def _explain_incomplete(path: Path) -> None:
-    """Raise the one-line reason why ``path`` is not a complete checkpoint (nothing if it is one)."""
-    if is_sharded(path):
-        from jepa_platform.untrusted import verify_manifest
-
-        verify_manifest(path)
-    load_checkpoint(path, mmap=True)
 
 
 def _latest_write(checkpoints: Path) -> float:
@@ -125,13 +105,13 @@ def _first_line(exc: Exception) -> str:
 def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint file safely (tensors and plain containers only); an unreadable file is a one-line error.
     For a sharded directory: its metadata (``meta.pt``) without the weights."""
-    target = path / SHARDED_META if is_sharded(path) else path
-    if is_sharded(path):
+    sharded = is_sharded(path)
+    if sharded:
         from jepa_platform.untrusted import verify_manifest
 
         verify_manifest(path)
     try:
-        return torch.load(target, map_location="cpu", weights_only=True, mmap=mmap and not is_sharded(path))
+        return torch.load(path / SHARDED_META if sharded else path, map_location="cpu", weights_only=True, mmap=mmap and not sharded)
     except Exception as exc:
         if "Weights only load failed" in str(exc):
             raise CheckpointError(
@@ -160,7 +140,7 @@ def _sharded_weights(path: Path, prefix: str = "") -> dict[str, Any]:
 def state_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Names and shapes of the model weights in a checkpoint, without loading them where it can (sharded)."""
     if not is_sharded(path):
-        return {k: tuple(v.shape) for k, v in load_checkpoint(path).get("state_dict", {}).items()}
+        return {k: tuple(v.shape) for k, v in load_checkpoint(path, mmap=True).get("state_dict", {}).items()}
     return {k.removeprefix("state_dict."): tuple(v.size) for k, v in _sharded_weights(path).items()}
 
 

@@ -1,9 +1,10 @@
 """Reading files that may come from elsewhere without running their code.
 
-Three kinds of file can carry code, and ``torch.load(weights_only=True)`` protects none of them:
+Two kinds of file can carry code, and ``torch.load(weights_only=True)`` protects neither:
 
 * a sharded checkpoint's ``.metadata`` is a pickle, which ``torch.distributed.checkpoint`` unpickles as it is, and
-  its ``.distcp`` shards hold non-tensor values (optimiser settings) that it loads with ``weights_only=False``.
+  its ``.distcp`` shards hold non-tensor values (optimiser settings) that its default planner loads without
+  ``weights_only``.
   Every sharded checkpoint jepa-platform writes gets a manifest (:data:`MANIFEST`: JSON, the SHA-256 of each
   file); a directory without one, or whose files no longer match it, is refused before any of it is read. The
   metadata is then unpickled by an unpickler that knows only the checkpoint's own dataclasses, and non-tensor
@@ -67,8 +68,29 @@ def write_manifest(directory: Path) -> None:
     tmp.replace(directory / MANIFEST)
 
 
+#: directories already verified, with the size and modification time of each file when they were
+_verified: set[tuple[str, tuple[tuple[str, int, int], ...]]] = set()
+
+
+def _signature(directory: Path) -> tuple[str, tuple[tuple[str, int, int], ...]]:
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir() if p.is_file())
+    return str(directory.resolve()), tuple(files)
+
+
 def verify_manifest(directory: Path) -> None:
-    """Refuse a sharded checkpoint directory that the platform did not write, or whose files changed since."""
+    """Refuse a sharded checkpoint directory that the platform did not write, or whose files changed since.
+
+    One load reads a directory several times (its metadata, ``meta.pt``, the weights, the optimiser state): the files
+    are hashed once, and again only if one of them changed size or modification time."""
+    signature = _signature(directory) if directory.is_dir() else None
+    if signature in _verified:
+        return
+    _check_manifest(directory)
+    if signature is not None:
+        _verified.add(signature)
+
+
+def _check_manifest(directory: Path) -> None:
     manifest = directory / MANIFEST
     if not manifest.is_file():
         raise CheckpointError(

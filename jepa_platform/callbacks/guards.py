@@ -159,8 +159,8 @@ class CollapseMonitor(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         due = getattr(pl_module, "stats_due", None)
-        # stats_due is asked after the step, when global_step already counts it
-        if due is None or not self._stats_logged(trainer, pl_module):
+        # asked after the step, when global_step already counts it: were the statistics logged by the step just taken?
+        if due is None or not due(trainer.global_step - 1):
             return
         metrics = trainer.callback_metrics
         rank, std = metrics.get(f"{self.where}/rank"), metrics.get(f"{self.where}/std_mean")
@@ -180,11 +180,6 @@ class CollapseMonitor(Callback):
             pl_module.log("collapse/detected", 1.0, on_step=True, on_epoch=False, batch_size=1)
             if self.stop:
                 trainer.should_stop = True
-
-    @staticmethod
-    def _stats_logged(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
-        every = pl_module.hparams.get("stats_every_n_steps") or trainer.log_every_n_steps
-        return bool(every) and (trainer.global_step - 1) % every == 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"in_a_row": self.in_a_row, "tripped_at": self.tripped_at}

@@ -162,9 +162,10 @@ class SelfSupervisedObjective(L.LightningModule):
         self.log("train/probe_loss", loss, batch_size=features.shape[0])
         return loss
 
-    def stats_due(self) -> bool:
+    def stats_due(self, step: int | None = None) -> bool:
+        """Whether the training statistics are logged at optimiser step ``step`` (default: the current one)."""
         every = self.hparams.stats_every_n_steps or (self._trainer.log_every_n_steps if self._trainer is not None else 0)
-        return bool(every) and self.global_step % every == 0
+        return bool(every) and (self.global_step if step is None else step) % every == 0
 
     def log_stats(self, groups: Mapping[str, Tensor], batch_size: int) -> None:
         """``<where>/<stat>`` for each ``{where: embeddings}`` (e.g. ``repr``, ``emb``), when statistics are due."""
