@@ -1,6 +1,6 @@
 """Run every benchmark (`make bench`)."""
 
-from benchmarks import data_throughput, data_vs_compute, scaleout
+from benchmarks import data_throughput, data_vs_compute, planning, scaleout
 
 if __name__ == "__main__":
     print("== data_vs_compute ==")
@@ -9,3 +9,5 @@ if __name__ == "__main__":
     data_throughput.main([])
     print("\n== scaleout (DDP vs FSDP, 2 gloo processes) ==")
     scaleout.main([])
+    print("\n== planning (candidates/s per planner) ==")
+    planning.main([])

@@ -1,6 +1,7 @@
-"""WebDataset DataModules (images, sequences), the shard writer and converter, and the built-in dataset."""
+"""WebDataset DataModules (images, sequences), the shard writer and converter, and the built-in datasets (shapes,
+moving shapes, two-rooms trajectories)."""
 
-from data_modules.builtin import MovingShapesDataModule, ShapesDataModule, ensure_moving_shapes_dataset, ensure_shapes_dataset
+from data_modules.builtin import MovingShapesDataModule, ShapesDataModule, TwoRoomsDataModule, ensure_moving_shapes_dataset, ensure_shapes_dataset
 from data_modules.images import ImageDataModule
 from data_modules.sequences import SequenceDataModule
 from data_modules.urls import expand_urls
@@ -10,6 +11,7 @@ __all__ = [
     "MovingShapesDataModule",
     "SequenceDataModule",
     "ShapesDataModule",
+    "TwoRoomsDataModule",
     "ensure_moving_shapes_dataset",
     "ensure_shapes_dataset",
     "expand_urls",

@@ -1,4 +1,5 @@
-"""The built-in datasets (shape images, moving-shapes videos) as shards in a cache directory, generated on first use."""
+"""The built-in datasets (shape images, moving-shapes videos, two-rooms trajectories) as shards in a cache directory,
+generated on first use."""
 
 from __future__ import annotations
 
@@ -143,3 +144,63 @@ class MovingShapesDataModule(SequenceDataModule):
 
     def prepare_data(self) -> None:
         ensure_moving_shapes_dataset(self.root, episodes_per_shard=self.samples_per_shard, **self.gen)
+
+
+def two_rooms_dir(root: str | os.PathLike, seed: int, num_train: int, num_val: int, image_size: int, length: int, env_tag: str) -> Path:
+    return Path(root).expanduser() / f"two-rooms-v1-seed{seed}-{num_train}-{num_val}-{image_size}px-{length}f-{env_tag}"
+
+
+class TwoRoomsDataModule(SequenceDataModule):
+    """Exploratory two-rooms trajectories (``jepa data collect two_rooms``), collected into the cache on first use;
+    clips carry ``actions`` and ``states`` for world models. ``samples_per_shard`` counts episodes.
+
+    Args:
+        root: cache directory (default: the platform's cache).
+        dataset_seed: seed of the collection.
+        num_train, num_val: episodes per split.
+        length: frames per episode.
+        policy: exploration policy (``mixed``, ``random``, ``noisy_directional``).
+        env: two-rooms parameters (:class:`jepa_platform.world_model.envs.TwoRoomsEnv`); ``image_size`` is the
+            DataModule's.
+        **kwargs: :class:`~data_modules.sequences.SequenceDataModule` arguments.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        dataset_seed: int = 0,
+        num_train: int = 2000,
+        num_val: int = 200,
+        image_size: int = 64,
+        length: int = 32,
+        policy: str = "mixed",
+        env: dict | None = None,
+        samples_per_shard: int = 250,
+        **kwargs,
+    ) -> None:
+        import hashlib
+        import json
+
+        self.root = Path(root).expanduser() if root else default_cache_dir()
+        self.env_kwargs = {**(env or {}), "image_size": image_size}
+        tag = hashlib.blake2b(json.dumps(self.env_kwargs, sort_keys=True).encode(), digest_size=4).hexdigest()
+        self.directory = two_rooms_dir(self.root, dataset_seed, num_train, num_val, image_size, length, f"{policy}-{tag}")
+        self.gen = {"episodes": num_train, "val_episodes": num_val, "length": length, "policy": policy, "seed": dataset_seed}
+        self.samples_per_shard = samples_per_shard
+        kwargs.setdefault("label_key", None)
+        super().__init__(
+            urls=shard_pattern(self.directory, "train", -(-num_train // samples_per_shard)),
+            val_urls=shard_pattern(self.directory, "val", -(-num_val // samples_per_shard)),
+            image_size=image_size,
+            **kwargs,
+        )
+
+    def prepare_data(self) -> None:
+        from jepa_platform.world_model.collect import collect
+
+        if (self.directory / MANIFEST).is_file():
+            return
+        start = time.perf_counter()
+        log.info("collecting two-rooms trajectories into %s", self.directory)
+        collect("two_rooms", self.directory, env_kwargs=self.env_kwargs, episodes_per_shard=self.samples_per_shard, progress=False, **self.gen)
+        log.info("collected %d episodes in %.1fs", self.gen["episodes"] + self.gen["val_episodes"], time.perf_counter() - start)

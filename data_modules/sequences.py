@@ -61,10 +61,12 @@ def write_episodes(
     frame_format: str = "npy",
     quality: int = 95,
     classes: dict[str, list[str]] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict:
     """Write episodes per split (``{"train": iterable, "val": iterable}``) as shards with a manifest, atomically.
 
-    ``classes`` names the values of integer metadata labels (``{"label": [...]}``) for the manifest."""
+    ``classes`` names the values of integer metadata labels (``{"label": [...]}``) for the manifest; ``extra`` adds
+    JSON-serialisable entries to it (how the data was made, e.g. ``collection``)."""
 
     def write(tmp: Path) -> dict:
         entries = {}
@@ -73,7 +75,7 @@ def write_episodes(
             for i, episode in enumerate(episodes):
                 sink.write(episode_sample(i, episode, frame_format, quality))
             entries[split] = sink.close()
-        return {"kind": "sequences", "frame_format": frame_format, "splits": entries, **({"classes": classes} if classes else {})}
+        return {"kind": "sequences", "frame_format": frame_format, "splits": entries, **({"classes": classes} if classes else {}), **(extra or {})}
 
     return write_dataset_atomically(Path(out_dir), write)
 

@@ -167,10 +167,32 @@ def read_checkpoint(path: Path, prefix: str = "") -> tuple[dict[str, Tensor], di
     return {k.removeprefix("state_dict."): v for k, v in wanted.items()}, meta
 
 
+#: where the online probes lived before they moved to callbacks (their weights are ignored in older checkpoints)
+MOVED_WEIGHTS = ("probe.", "level_probes.")
+#: objective arguments that moved to the evaluation callbacks (ignored in older run configs)
+MOVED_ARGUMENTS = ("num_classes", "probe_lr", "knn_k", "knn_temperature", "stats_every_n_steps", "dead_threshold")
+#: the run directory's pointer to its MLflow run
+RUN_INFO = "mlflow_run.json"
+
+
+def run_info_for(ckpt: Path) -> dict[str, Any] | None:
+    """The MLflow run that wrote ``ckpt`` (from its run directory), if recorded."""
+    import json
+
+    path = ckpt.resolve().parent.parent / RUN_INFO
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def drop_moved_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` without the weights of modules that are no longer part of objectives (see ``MOVED_WEIGHTS``)."""
+    return {k: v for k, v in state.items() if not k.startswith(MOVED_WEIGHTS)}
+
+
 def check_checkpoint_matches(found: dict[str, tuple[int, ...]], model: nn.Module, path: Path) -> None:
     """Fail before training if the checkpoint's weights (names and shapes, see :func:`state_shapes`) do not fit
     the configured model."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = drop_moved_weights(found)
     missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
     reshaped = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
     if missing or unexpected or reshaped:
@@ -220,7 +242,7 @@ def check_same_objective(path: Path, model: nn.Module) -> dict[str, Any] | None:
 def load_run_config(run_dir: Path) -> Any:
     """A run directory's ``config.yaml``, checked before anything in it is instantiated: only allowlisted classes
     (:func:`jepa_platform.untrusted.check_targets`); an unreadable file is a one-line error."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf, open_dict
 
     from jepa_platform.untrusted import check_targets
 
@@ -230,6 +252,11 @@ def load_run_config(run_dir: Path) -> Any:
     except Exception as exc:
         raise CheckpointError(f"cannot read {path}: {_first_line(exc)}: give a run directory written by jepa train") from exc
     check_targets(cfg, str(path))
+    objective = cfg.get("objective") if isinstance(cfg, DictConfig) else None
+    if isinstance(objective, DictConfig):  # a run written before evaluation moved to callbacks
+        with open_dict(objective):
+            for key in MOVED_ARGUMENTS:
+                objective.pop(key, None)
     return cfg
 
 
@@ -245,13 +272,27 @@ def assert_finite(state: dict[str, Tensor], what: str) -> None:
 def trained_objective(objective_cfg: Any, ckpt: Path) -> tuple[nn.Module, dict[str, Any]]:
     """The objective of a run's config with the weights of ``ckpt`` (file or sharded), on CPU, and the rest of the
     checkpoint (``global_step``...)."""
-    from jepa_platform.train import build
+    from jepa_platform.config import build
 
     model = build(objective_cfg, "objective")
     state, meta = read_checkpoint(ckpt)
+    state = drop_moved_weights(state)
     if not any(k.startswith("encoder.") for k in state):
         raise CheckpointError(f"{ckpt} has no encoder weights (state_dict keys 'encoder.*'): give a checkpoint written by jepa train")
     check_checkpoint_matches({k: tuple(v.shape) for k, v in state.items()}, model, ckpt)
     assert_finite(state, str(ckpt))
     model.load_state_dict(state)
     return model, meta
+
+
+def resolve_run(run: str, runs_dir: Path) -> Path:
+    """A run directory from ``last`` (the run under ``runs_dir`` that wrote a checkpoint most recently) or a path."""
+    if run == "last":
+        try:
+            return find_checkpoint("last", runs_dir, runs_dir / "__none__").parent.parent
+        except CheckpointError as exc:
+            raise CheckpointError(f"no run with checkpoints under {runs_dir}: train one first (jepa train), or give runs/<run>") from exc
+    path = Path(run).expanduser()
+    if not (path / "config.yaml").is_file():
+        raise CheckpointError(f"{run} is not a run directory (no config.yaml): give runs/<run> as written by jepa train")
+    return path

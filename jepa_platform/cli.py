@@ -21,6 +21,9 @@ commands:
           jepa export runs/<run> [--out encoder.pt] (loads with torch.load(..., weights_only=True))
   list    registered objectives and encoders, plugins included, with one-line descriptions
   data    shards: jepa data convert SRC OUT_DIR (image folder, .npz, IDX) | jepa data inspect DIR_OR_URLS
+          | jepa data collect ENV OUT_DIR (trajectories of two_rooms or any gymnasium env, for world models)
+  plan    evaluate a world model's planners (CEM, iCEM, MPPI, gradient) against baselines on held-out goals:
+          jepa plan runs/<run> [--episodes 50] (jepa plan --help for options)
 """
 
 
@@ -51,16 +54,24 @@ def _list(args: list[str]) -> int:
     return main(args)
 
 
+def _plan(args: list[str]) -> int:
+    from jepa_platform.world_model.evaluate import main
+
+    return main(args)
+
+
 def _data(args: list[str]) -> int:
     import argparse
 
     from data_modules import convert, inspection
+    from jepa_platform.world_model import collect
 
     parser = argparse.ArgumentParser(prog="jepa data", description="Write and inspect WebDataset shards.")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, module, text in (
         ("convert", convert, "write shards from an image folder, .npz or IDX files"),
         ("inspect", inspection, "counts, fields, classes and a PNG grid"),
+        ("collect", collect, "exploratory trajectories of an environment (frames, actions, states)"),
     ):
         sub = commands.add_parser(name, help=text, description=module.__doc__.splitlines()[0])
         module.add_arguments(sub)
@@ -69,7 +80,7 @@ def _data(args: list[str]) -> int:
     return parsed.func(parsed)
 
 
-COMMANDS = {"train": _train, "eval": _eval, "export": _export, "list": _list, "data": _data}
+COMMANDS = {"train": _train, "eval": _eval, "export": _export, "list": _list, "data": _data, "plan": _plan}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,11 +20,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+from hydra.errors import ConfigCompositionException, HydraException, InstantiationException, MissingConfigException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from jepa_platform.errors import ConfigError, one_line
+from jepa_platform.errors import ConfigError, JepaError, one_line
 from jepa_platform.launch import register_resolvers
 from jepa_platform.settings import check_run_settings
 
@@ -258,3 +259,14 @@ def flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
+    """``instantiate`` with a one-line error that names the config node when the arguments do not fit."""
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, JepaError):
+            raise exc.__cause__ from exc
+        detail = " ".join(str(exc.__cause__ or exc).split())
+        raise ConfigError(f"cannot build {what} ({node.get('_target_')}): {detail}: fix the {what} config or its overrides") from exc

@@ -27,7 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from jepa_platform.checkpoints import find_checkpoint, load_checkpoint, load_run_config, trained_objective
+from jepa_platform.checkpoints import find_checkpoint, load_checkpoint, load_run_config, resolve_run, trained_objective
 from jepa_platform.encoders.timm_encoder import TimmEncoder
 from jepa_platform.errors import CheckpointError, ConfigError
 from jepa_platform.untrusted import check_targets
@@ -108,8 +108,6 @@ def load_exported(path: str | Path) -> nn.Module:
 
 
 def main(argv: list[str]) -> int:
-    from jepa_platform.eval.cli import resolve_run
-
     args = _parser().parse_args(argv)
     run_dir = resolve_run(args.run, Path(args.runs_dir))
     ckpt = Path(args.ckpt) if args.ckpt else find_checkpoint(str(run_dir), run_dir, run_dir)

@@ -1,11 +1,12 @@
-"""``jepa list``: the registered objectives and encoders (built-in and plugins), with one-line descriptions."""
+"""``jepa list``: the registered objectives, encoders, planners and environments (built-in and plugins), with
+one-line descriptions."""
 
 from __future__ import annotations
 
 from omegaconf import OmegaConf
 
 from jepa_platform.config import config_dir
-from jepa_platform.registry import BUILTIN, ENCODERS, OBJECTIVES, Registry
+from jepa_platform.registry import BUILTIN, ENCODERS, ENVIRONMENTS, OBJECTIVES, PLANNERS, Registry
 
 
 def _section(title: str, registry: Registry) -> list[str]:
@@ -31,13 +32,15 @@ def render() -> str:
     lines = _section("objectives (jepa train objective=NAME):", OBJECTIVES)
     lines += ["", *_section("encoders (jepa train encoder=NAME):", ENCODERS)]
     lines += ["  presets in conf/encoder: " + ", ".join(_encoder_presets())]
+    lines += ["", *_section("planners (jepa plan RUN --planners NAME,...):", PLANNERS)]
+    lines += ["", *_section("environments (jepa data collect NAME OUT_DIR; any gymnasium id works too):", ENVIRONMENTS)]
     lines += ["", "A name without a YAML file in conf/ gets a config generated from its constructor's defaults."]
     return "\n".join(lines)
 
 
 def main(args: list[str]) -> int:
     if args:
-        print("usage: jepa list   (prints registered objectives and encoders; takes no arguments)")
+        print("usage: jepa list   (prints registered objectives, encoders, planners and environments; takes no arguments)")
         return 0 if args[0] in ("-h", "--help") else 2
     print(render())
     return 0

@@ -176,9 +176,9 @@ def shard_objective(objective: nn.Module, mesh: Any, reshard_after_forward: bool
         for block in _block_modules(inner):
             fully_shard(block, **options)
         fully_shard(module, **options)
-        if isinstance(module, TimmEncoder):
-            for method in ENCODER_FORWARD_METHODS:
-                register_fsdp_forward_method(module, method)
+        methods = ENCODER_FORWARD_METHODS if isinstance(module, TimmEncoder) else getattr(module, "fsdp_forward_methods", ())
+        for method in methods:
+            register_fsdp_forward_method(module, method)
 
     # Lightning calls configure_model again for validate/test: broadcasting rank 0's tensors over shards would mix them
     if not any(isinstance(m, FSDPModule) for m in objective.modules()):

@@ -1,10 +1,12 @@
-"""Name -> class registries of objectives and encoders, with plugin discovery through entry points.
+"""Name -> class registries of objectives, encoders, planners and environments, with plugin discovery through entry
+points.
 
 Built-ins register with a decorator (``@register_objective("vicreg")``). Third-party packages declare entry points
-in the groups ``jepa_platform.objectives`` and ``jepa_platform.encoders`` (``name = "package.module:Class"``); they
-are loaded lazily, the first time a registry is listed or queried. A plugin that fails to import, or whose entry
-point is not a suitable class, is skipped with a warning so that the rest still work; a name registered twice by
-different classes raises :class:`RegistryError`.
+in the groups ``jepa_platform.objectives``, ``jepa_platform.encoders``, ``jepa_platform.planners`` and
+``jepa_platform.environments`` (``name = "package.module:Class"``); they are loaded lazily, the first time a
+registry is listed or queried. A plugin that fails to import, or whose entry point is not a suitable class, is
+skipped with a warning so that the rest still work; a name registered twice by different classes raises
+:class:`RegistryError`.
 
 Configs point ``_target_`` at classes; the registry serves ``jepa list``, notebooks, contract tests, and the
 generated config of a registered class that has no YAML file in ``conf/`` (:func:`default_config`).
@@ -112,13 +114,17 @@ class Registry:
 
 OBJECTIVES = Registry("objective", "jepa_platform.objectives", "jepa_platform.objectives", "lightning.pytorch.LightningModule")
 ENCODERS = Registry("encoder", "jepa_platform.encoders", "jepa_platform.encoders", "torch.nn.Module")
+PLANNERS = Registry("planner", "jepa_platform.planners", "jepa_platform.world_model.planners", "jepa_platform.world_model.planners.base.Planner")
+ENVIRONMENTS = Registry("environment", "jepa_platform.environments", "jepa_platform.world_model.envs", "gymnasium.Env")
 #: the registry behind each config group whose options may come from plugins
 REGISTRIES = {"objective": OBJECTIVES, "encoder": ENCODERS}
 register_objective = OBJECTIVES.register
 register_encoder = ENCODERS.register
+register_planner = PLANNERS.register
+register_environment = ENVIRONMENTS.register
 
 # Constructor arguments that a generated objective config wires to the rest of the config.
-_WIRED = {"encoder": "${encoder}", "optimizer": "${optimizer}", "num_classes": "${data.num_classes}"}
+_WIRED = {"encoder": "${encoder}", "optimizer": "${optimizer}"}
 
 
 def _init_parameters(cls: type) -> list[inspect.Parameter]:
@@ -152,8 +158,8 @@ def _yaml_value(value: Any) -> tuple[bool, Any]:
 def default_config(cls: type, wire: bool = True) -> dict[str, Any]:
     """A Hydra node for ``cls`` from its constructor: defaults as values, required arguments as ``???``.
 
-    With ``wire``, ``encoder``, ``optimizer`` and ``num_classes`` interpolate the config's encoder, optimizer and
-    dataset, as the YAML files of built-in objectives do. Defaults that YAML cannot hold are left to the constructor.
+    With ``wire``, ``encoder`` and ``optimizer`` interpolate the config's encoder and optimizer, as the YAML files of
+    built-in objectives do. Defaults that YAML cannot hold are left to the constructor.
     """
     node: dict[str, Any] = {"_target_": f"{cls.__module__}.{cls.__qualname__}"}
     for p in _init_parameters(cls):

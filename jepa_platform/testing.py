@@ -42,6 +42,18 @@ def example_batch(
     return {"views": views, "label": torch.randint(0, num_classes, (batch_size,), generator=g)}
 
 
+def example_clip_batch(
+    batch_size: int, clip_length: int = 5, image_size: int = 32, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> dict[str, Any]:
+    """A deterministic clip batch with 2-D actions and states, in the format of the sequence DataModules."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "frames": torch.randn(batch_size, clip_length, 3, image_size, image_size, generator=g).to(dtype),
+        "actions": (torch.rand(batch_size, clip_length - 1, 2, generator=g) * 2 - 1).to(dtype),
+        "states": torch.rand(batch_size, clip_length, 2, generator=g).to(dtype),
+    }
+
+
 def objective_class(overrides: tuple[str, ...] | list[str]) -> type:
     """The class that ``jepa train <overrides>`` would build as its objective."""
     from hydra.utils import get_object
@@ -52,10 +64,14 @@ def objective_class(overrides: tuple[str, ...] | list[str]) -> type:
 
 
 def encoder_overrides(name: str) -> list[str]:
-    """Overrides that give objective ``name`` a small encoder it accepts: ``vit_test`` and ``debug=fast_vit`` for
-    objectives that need patch tokens (masked JEPAs), else the tiny ResNet of ``debug=fast``."""
-    if getattr(objective_class((f"objective={name}",)), "needs_token_encoder", False):
+    """Overrides that give objective ``name`` a small encoder and data it accepts: ``debug=fast_vit`` (a test ViT) for
+    objectives that need patch tokens (masked JEPAs), ``debug=fast_wm`` (two-rooms clips with actions) for world
+    models, else the tiny ResNet of ``debug=fast``."""
+    cls = objective_class((f"objective={name}",))
+    if getattr(cls, "needs_token_encoder", False):
         return ["debug=fast_vit"]
+    if getattr(cls, "needs_actions", False):
+        return ["debug=fast_wm"]
     return ["debug=fast"]
 
 
@@ -69,8 +85,11 @@ def build_objective(overrides: tuple[str, ...], seed: int = 0, dtype: torch.dtyp
     from jepa_platform.config import compose_config
 
     base = list(DDP_CHECK_OVERRIDES)
-    if getattr(objective_class(overrides), "needs_token_encoder", False):
+    cls = objective_class(overrides)
+    if getattr(cls, "needs_token_encoder", False):
         base = ["encoder=vit_test", "trainer=cpu"]
+    elif getattr(cls, "needs_actions", False):
+        base = ["debug=fast_wm"]
     cfg = compose_config([*base, *overrides])
     with open_dict(cfg):
         if "projector_norm" in cfg.objective:
@@ -86,6 +105,8 @@ def objective_batch(model: nn.Module, batch_size: int, seed: int = 0, dtype: tor
     that objectives that sample masks per batch get them, drawn from ``seed``."""
     from torch.utils.data import default_collate
 
+    if getattr(model, "needs_actions", False):
+        return example_clip_batch(batch_size, seed=seed, dtype=dtype)
     batch = example_batch(batch_size, seed=seed, dtype=dtype)
     collate = model.train_collate(default_collate) if hasattr(model, "train_collate") else default_collate
     if collate is default_collate:
@@ -268,3 +289,28 @@ def run_jepa(args: list[str], env: dict[str, str] | None = None) -> subprocess.C
         GlobalHydra.instance().clear()
         run_stamp.cache_clear()
     return subprocess.CompletedProcess(["jepa", *args], code, out.getvalue(), err.getvalue())
+
+
+class OracleWorldModel(nn.Module):
+    """A world model whose embedding *is* the agent's position (read from the frame's red pixels) and whose
+    predictor moves it by ``speed x action`` inside the unit square, ignoring walls: planner contract tests check
+    the search itself on it, independently of learning (plugin planners too)."""
+
+    def __init__(self, speed: float = 0.05, image_size: int = 64) -> None:
+        super().__init__()
+        self.speed, self.image_size = speed, image_size
+        self.anchor = nn.Parameter(torch.zeros(()))  # gives the module a device
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Centroid of the agent's pixels, in [0, 1] coordinates, from frames scaled to [0, 1]."""
+        red = (frames[:, 0] - frames[:, 1:].mean(dim=1) - 0.25).clamp_min(0)  # (B, H, W): the agent is red, nothing else is
+        weights = red / red.sum(dim=(1, 2), keepdim=True).clamp_min(1e-9)
+        c = (torch.arange(frames.shape[-1], device=frames.device, dtype=frames.dtype) + 0.5) / frames.shape[-1]
+        return torch.stack([(weights.sum(dim=1) * c).sum(dim=1), (weights.sum(dim=2) * c).sum(dim=1)], dim=1) + 0 * self.anchor
+
+    def predict(self, z: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        steps = torch.cumsum(actions.clamp(-1, 1) * self.speed, dim=1)
+        return (z[:, None] + steps).clamp(0, 1)
+
+    def decode_state(self, z: torch.Tensor) -> torch.Tensor:
+        return z

@@ -181,3 +181,25 @@ def mark_dead_runs(client: Any, experiment_id: str, skip: str | None = None) -> 
             client.set_tag(run.info.run_id, "jepa.died", "process ended without marking the run (kill -9, out of memory); found by a later run")
             client.set_terminated(run.info.run_id, "KILLED")
             print(f"marked MLflow run {run.info.run_id} KILLED: its process {pid} on {host} is gone", file=sys.stderr)
+
+
+def log_to_run(run_dir: Path, metrics: dict[str, float], artifacts: Path | None = None, artifact_path: str | None = None) -> bool:
+    """Log ``metrics`` (and the files under ``artifacts``) to the MLflow run that a run directory points to
+    (``mlflow_run.json``); ``False`` (with a warning) when the run has none."""
+    import json
+
+    import mlflow
+
+    from jepa_platform.checkpoints import RUN_INFO
+
+    info_file = Path(run_dir) / RUN_INFO
+    if not info_file.is_file():
+        log.warning("no %s in %s: results not logged to MLflow", RUN_INFO, run_dir)
+        return False
+    info = json.loads(info_file.read_text())
+    client = mlflow.MlflowClient(tracking_uri=info["tracking_uri"])
+    for key, value in metrics.items():
+        client.log_metric(info["run_id"], key, value)
+    if artifacts is not None:
+        client.log_artifacts(info["run_id"], str(artifacts), artifact_path=artifact_path)
+    return True

@@ -18,8 +18,6 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.global_hydra import GlobalHydra
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.strategies import ModelParallelStrategy
@@ -29,22 +27,23 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from jepa_platform.callbacks.rng import RNGStates
 from jepa_platform.checkpoints import (
+    RUN_INFO,
     AtomicCheckpointIO,
     check_checkpoint_matches,
     check_same_objective,
     checkpoint_step,
     find_checkpoint,
     is_sharded,
+    run_info_for,
     state_shapes,
 )
-from jepa_platform.config import compose_config, config_dir, flatten, job_config, split_args, store_registered_configs
-from jepa_platform.errors import CheckpointError, ConfigError, JepaError, one_line
+from jepa_platform.config import build, compose_config, config_dir, flatten, job_config, split_args, store_registered_configs
+from jepa_platform.errors import CheckpointError, JepaError, one_line
 from jepa_platform.launch import global_rank, rank_overrides
 from jepa_platform.settings import check_run_settings
 from jepa_platform.tracking import RunLogger, check_tracking_uri, install_signal_handlers
 
 log = logging.getLogger(__name__)
-RUN_INFO = "mlflow_run.json"
 
 # Known-harmless warnings that would otherwise bury the useful output of every run.
 for pattern in (
@@ -56,11 +55,6 @@ for pattern in (
     r".*resuming from a checkpoint that ended before the epoch ended and your dataloader is not resumable.*",
 ):
     warnings.filterwarnings("ignore", message=pattern)
-
-
-def run_info_for(ckpt: Path) -> dict[str, Any] | None:
-    path = ckpt.resolve().parent.parent / RUN_INFO
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 class RunRecorder(Callback):
@@ -101,17 +95,6 @@ class RunRecorder(Callback):
         client.set_tag(run_id, "run_dir", str(self.output_dir))
         info = {"run_id": run_id, "experiment_id": logger.experiment_id, "tracking_uri": logger._tracking_uri}
         (self.output_dir / RUN_INFO).write_text(json.dumps(info, indent=2))
-
-
-def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
-    """``instantiate`` with a one-line error that names the config node when the arguments do not fit."""
-    try:
-        return instantiate(node, _convert_="all", **kwargs)
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, JepaError):
-            raise exc.__cause__ from exc
-        detail = " ".join(str(exc.__cause__ or exc).split())
-        raise ConfigError(f"cannot build {what} ({node.get('_target_')}): {detail}: fix the {what} config or its overrides") from exc
 
 
 def fill_from_data(cfg: DictConfig, datamodule: Any) -> None:

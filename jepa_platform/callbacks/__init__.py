@@ -1,9 +1,23 @@
-"""Lightning callbacks shared by every objective."""
+"""Lightning callbacks shared by every objective: checkpoints, guards, progress, and evaluation (probe, kNN,
+statistics) that objectives opt into by exposing features."""
 
 from jepa_platform.callbacks.checkpoint import ModelCheckpoint
 from jepa_platform.callbacks.data import DataHealth
+from jepa_platform.callbacks.evaluation import EmbeddingMonitor, KNNMonitor, OnlineProbe
 from jepa_platform.callbacks.guards import CollapseMonitor, NonFiniteGuard, TrainingDiverged
 from jepa_platform.callbacks.progress import EpochSummary, batch_samples
 from jepa_platform.callbacks.rng import RNGStates
 
-__all__ = ["CollapseMonitor", "DataHealth", "EpochSummary", "ModelCheckpoint", "NonFiniteGuard", "RNGStates", "TrainingDiverged", "batch_samples"]
+__all__ = [
+    "CollapseMonitor",
+    "DataHealth",
+    "EmbeddingMonitor",
+    "EpochSummary",
+    "KNNMonitor",
+    "ModelCheckpoint",
+    "NonFiniteGuard",
+    "OnlineProbe",
+    "RNGStates",
+    "TrainingDiverged",
+    "batch_samples",
+]

@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger
 
+from jepa_platform.callbacks.evaluation import EmbeddingMonitor
 from jepa_platform.errors import JepaError
 
 log = logging.getLogger(__name__)
@@ -158,9 +159,9 @@ class CollapseMonitor(Callback):
         self.tripped_at: int | None = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        due = getattr(pl_module, "stats_due", None)
+        monitor = next((c for c in trainer.callbacks if isinstance(c, EmbeddingMonitor)), None)
         # asked after the step, when global_step already counts it: were the statistics logged by the step just taken?
-        if due is None or not due(trainer.global_step - 1):
+        if monitor is None or not monitor.due(trainer.global_step - 1):
             return
         metrics = trainer.callback_metrics
         rank, std = metrics.get(f"{self.where}/rank"), metrics.get(f"{self.where}/std_mean")

@@ -13,7 +13,18 @@ from jepa_platform.masking.collate import model_input
 
 log = logging.getLogger("jepa_platform")
 
-SHOWN = ("train/loss", "train/energy", "level1/energy", "level2/energy", "emb/rank", "val/probe_acc", "val/knn_acc", "val/repr/rank")
+SHOWN = (
+    "train/loss",
+    "train/energy",
+    "level1/energy",
+    "level2/energy",
+    "emb/rank",
+    "val/probe_acc",
+    "val/knn_acc",
+    "val/repr/rank",
+    "val/rollout_energy/h1",
+    "val/state_error",
+)
 
 
 def batch_samples(batch: dict) -> int:

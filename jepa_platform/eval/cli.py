@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from jepa_platform.checkpoints import find_checkpoint, load_run_config, trained_objective
-from jepa_platform.errors import CheckpointError, ConfigError
+from jepa_platform.checkpoints import find_checkpoint, load_run_config, resolve_run, trained_objective
+from jepa_platform.config import build
+from jepa_platform.errors import ConfigError
 from jepa_platform.eval.probe import extract_features, knn_accuracy, linear_probe_accuracy
-from jepa_platform.train import RUN_INFO, build
+from jepa_platform.tracking import log_to_run
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +42,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the results to the run's MLflow run")
     return p
-
-
-def resolve_run(run: str, runs_dir: Path) -> Path:
-    if run == "last":
-        try:
-            return find_checkpoint("last", runs_dir, runs_dir / "__none__").parent.parent
-        except CheckpointError as exc:
-            raise ConfigError(f"no run with checkpoints under {runs_dir}: train one first (jepa train), or give runs/<run>") from exc
-    path = Path(run).expanduser()
-    if not (path / "config.yaml").is_file():
-        raise ConfigError(f"{run} is not a run directory (no config.yaml): give runs/<run> as written by jepa train")
-    return path
 
 
 def evaluate(encoder: torch.nn.Module, datamodule, num_classes: int, args: argparse.Namespace) -> dict[str, float]:
@@ -104,14 +93,5 @@ def _report(results: dict[str, float], run_dir: Path) -> None:
 
 
 def _log_mlflow(results: dict[str, float], run_dir: Path) -> None:
-    info_file = run_dir / RUN_INFO
-    if not info_file.is_file():
-        log.warning("no %s in %s: results not logged to MLflow", RUN_INFO, run_dir)
-        return
-    import mlflow
-
-    info = json.loads(info_file.read_text())
-    client = mlflow.MlflowClient(tracking_uri=info["tracking_uri"])
-    for key, value in results.items():
-        client.log_metric(info["run_id"], key, value)
-    print(f"logged {', '.join(results)} to MLflow run {info['run_id']}")
+    if log_to_run(run_dir, results):
+        print(f"logged {', '.join(results)} to the run's MLflow run")

@@ -1,9 +1,10 @@
-"""Shared plumbing for self-supervised objectives.
+"""Shared plumbing for objectives.
 
-:class:`SelfSupervisedObjective` holds what every objective shares: the encoder, an online linear probe on
-detached features, kNN accuracy and representation statistics on the validation set, logging of loss terms and
-embedding statistics under the names of DESIGN.md, and the optimiser with its warmup + cosine schedule.
-Parameters with ``requires_grad=False`` (an EMA target encoder) are left out of the optimiser.
+:class:`Objective` holds what every objective shares, world models included: the encoder, logging of loss terms
+under the names of DESIGN.md, the features it exposes to evaluation callbacks, and the optimiser with its warmup +
+cosine schedule. Parameters with ``requires_grad=False`` (an EMA target encoder) are left out of the optimiser.
+:class:`SelfSupervisedObjective` adds the validation step of representation learners (features of validation
+images for the online probe, kNN and statistics callbacks of :mod:`jepa_platform.callbacks.evaluation`).
 
 :class:`JointEmbeddingObjective` adds the multi-view path: a subclass only says how embeddings of the views become
 a loss (``compute_loss``) and which term is its energy; the base runs the encoder and projector over the views.
@@ -26,23 +27,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
-from torchmetrics.classification import MulticlassAccuracy
 
+from jepa_platform.callbacks.evaluation import BANK_LOADER, VAL_LOADER
 from jepa_platform.distributed import gather_with_grad
 from jepa_platform.encoders.heads import projector as make_projector
 from jepa_platform.errors import ConfigError
 from jepa_platform.losses.functional import LossOutput
 from jepa_platform.masking.collate import model_input
-from jepa_platform.metrics.embedding import EmbeddingStats, embedding_stats
-from jepa_platform.metrics.knn import KNNAccuracy
 from jepa_platform.optim import LR_SCALING, OptimizerFactory, lr_scale, param_groups, warmup_cosine
 from jepa_platform.parallel import FSDP2Strategy, shard_objective
 
-VAL_LOADER, BANK_LOADER = 0, 1
 log = logging.getLogger(__name__)
+__all__ = ["BANK_LOADER", "VAL_LOADER", "JointEmbeddingObjective", "Objective", "SelfSupervisedObjective", "StepOutput"]
 
 
 @dataclass
@@ -54,25 +52,23 @@ class StepOutput:
     embeddings: list[Tensor]
 
 
-class SelfSupervisedObjective(L.LightningModule):
-    """Base of every objective: encoder, online probe, kNN, statistics, logging and optimiser (see module docstring).
+class Objective(L.LightningModule):
+    r"""Base of every objective, self-supervised or world model: encoder, loss logging, the features it exposes to
+    evaluation callbacks, FSDP sharding, and the optimiser with its warmup + cosine schedule.
+
+    Evaluation (online probe, kNN, embedding statistics) is not here: it lives in callbacks
+    (:mod:`jepa_platform.callbacks.evaluation`) that read what the objective :meth:`expose`\ s.
 
     Args:
         encoder: backbone with a ``num_features`` attribute, mapping images to ``(B, D)`` features.
         optimizer: partial optimiser, called with parameter groups (e.g. ``timm.optim.Lars`` or ``AdamW``).
-        num_classes: classes of the labelled data, for the online probe and kNN; ``None`` disables both.
         weight_decay: decay of weight matrices (biases and norm parameters get none).
         warmup_frac: fraction of all optimiser steps spent in linear warmup.
         min_lr_ratio: final LR of the cosine schedule, relative to the peak.
-        probe_lr: LR of the online probe; ``None`` uses the optimiser's.
-        knn_k, knn_temperature: neighbours and temperature of the weighted kNN vote.
-        stats_every_n_steps: how often (optimiser steps) to log ``repr/*`` and ``emb/*`` of a training batch;
-            ``None`` follows the Trainer's ``log_every_n_steps``.
-        dead_threshold: standard deviation under which a dimension counts as dead.
         feature_dim: width of the representation that probes and statistics see (default: the encoder's).
         lr_scaling: ``none``, ``linear`` or ``sqrt``: the optimiser's learning rate is the configured one times
             ``(global batch / reference_batch_size)`` (or its square root), with global batch = per-rank batch x
-            ranks x gradient-accumulation steps; the online probe keeps its own rate.
+            ranks x gradient-accumulation steps.
         reference_batch_size: the global batch size that the configured learning rate is meant for.
     """
 
@@ -85,15 +81,9 @@ class SelfSupervisedObjective(L.LightningModule):
         self,
         encoder: nn.Module,
         optimizer: OptimizerFactory,
-        num_classes: int | None = None,
         weight_decay: float = 1e-6,
         warmup_frac: float = 0.1,
         min_lr_ratio: float = 0.0,
-        probe_lr: float | None = None,
-        knn_k: int = 20,
-        knn_temperature: float = 0.07,
-        stats_every_n_steps: int | None = None,
-        dead_threshold: float = 1e-3,
         feature_dim: int | None = None,
         lr_scaling: str = "none",
         reference_batch_size: int = 256,
@@ -105,12 +95,7 @@ class SelfSupervisedObjective(L.LightningModule):
         self.encoder = encoder
         self.optimizer_factory = optimizer
         self.feature_dim = int(feature_dim or encoder.num_features)
-        self.num_classes = num_classes
-        self.probe = nn.Linear(self.feature_dim, num_classes) if num_classes else None
-        if num_classes:
-            self.val_probe_acc = MulticlassAccuracy(num_classes, average="micro")
-            self.val_knn_acc = KNNAccuracy(num_classes, knn_k, knn_temperature)
-        self.val_repr_stats = EmbeddingStats(self.feature_dim, dead_threshold)
+        self.exposed: dict[str, dict[str, Tensor]] = {}
 
     # -- hooks --------------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -124,6 +109,13 @@ class SelfSupervisedObjective(L.LightningModule):
         from jepa_platform.checkpoints import RECORD_KEY, class_path
 
         checkpoint[RECORD_KEY] = {"objective": class_path(self)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints written before the online probes moved to callbacks: their probe weights are dropped."""
+        from jepa_platform.checkpoints import drop_moved_weights
+
+        if isinstance(checkpoint.get("state_dict"), dict):
+            checkpoint["state_dict"] = drop_moved_weights(checkpoint["state_dict"])
 
     def export_encoder(self) -> nn.Module:
         """The encoder that ``jepa export`` writes for downstream use (the online encoder by default)."""
@@ -143,6 +135,25 @@ class SelfSupervisedObjective(L.LightningModule):
         elif self.device_mesh is not None:  # a plain ModelParallelStrategy: shard over its data-parallel dimension
             shard_objective(self, self.device_mesh["data_parallel"])
 
+    # -- what evaluation callbacks see --------------------------------------------------------------------------
+    def feature_widths(self) -> dict[str, int]:
+        """Widths of the feature sets this objective exposes (see :mod:`jepa_platform.callbacks.evaluation`)."""
+        return {"features": self.feature_dim}
+
+    def expose(self, features: Mapping[str, Tensor] | None = None, stats: Mapping[str, Tensor] | None = None) -> None:
+        """Hand this step's detached representations (``features``) and training embeddings (``stats``) to the
+        evaluation callbacks; they read them after the step."""
+        self.exposed = {
+            "features": {k: v.detach() for k, v in (features or {}).items()},
+            "stats": {k: v.detach() for k, v in (stats or {}).items()},
+        }
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.exposed = {}
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.exposed = {}
+
     # -- shared logging -----------------------------------------------------------------------------------------
     def log_loss(self, out: LossOutput, energy: Tensor | None, batch_size: int) -> None:
         """``train/loss``, ``train/loss/<term>`` and ``train/energy`` (averaged over ranks). The step's loss stays on
@@ -153,53 +164,6 @@ class SelfSupervisedObjective(L.LightningModule):
             self.log(f"train/loss/{name}", value, batch_size=batch_size, sync_dist=True)
         if energy is not None:
             self.log("train/energy", energy, batch_size=batch_size, sync_dist=True)
-
-    def probe_loss(self, batch: Mapping[str, Any], features: Tensor) -> Tensor | None:
-        """Cross-entropy of the online probe on detached features (``None`` without labels or probe)."""
-        if self.probe is None or "label" not in batch:
-            return None
-        loss = F.cross_entropy(self.probe(features.detach()), batch["label"])
-        self.log("train/probe_loss", loss, batch_size=features.shape[0])
-        return loss
-
-    def stats_due(self, step: int | None = None) -> bool:
-        """Whether the training statistics are logged at optimiser step ``step`` (default: the current one)."""
-        every = self.hparams.stats_every_n_steps or (self._trainer.log_every_n_steps if self._trainer is not None else 0)
-        return bool(every) and (self.global_step if step is None else step) % every == 0
-
-    def log_stats(self, groups: Mapping[str, Tensor], batch_size: int) -> None:
-        """``<where>/<stat>`` for each ``{where: embeddings}`` (e.g. ``repr``, ``emb``), when statistics are due."""
-        if self.stats_due():
-            for where, z in groups.items():
-                for name, value in embedding_stats(z.detach(), self.hparams.dead_threshold).items():
-                    self.log(f"{where}/{name}", value, batch_size=batch_size)
-
-    # -- validation ---------------------------------------------------------------------------------------------
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = VAL_LOADER) -> None:
-        self.update_val_metrics(self(model_input(batch)), batch.get("label"), dataloader_idx)
-
-    def update_val_metrics(self, feats: Tensor, labels: Tensor | None, dataloader_idx: int = VAL_LOADER) -> None:
-        """Representation statistics, probe and kNN accuracy of one validation (or kNN-bank) batch's features."""
-        if dataloader_idx == BANK_LOADER:
-            if self.num_classes:
-                self.val_knn_acc.update(feats, labels, bank=True)
-            return
-        self.val_repr_stats.update(feats)
-        if self.num_classes and labels is not None:
-            self.val_probe_acc.update(self.probe(feats), labels)
-            self.val_knn_acc.update(feats, labels, bank=False)
-
-    def on_validation_epoch_end(self) -> None:
-        metrics = [self.val_repr_stats] + ([self.val_probe_acc, self.val_knn_acc] if self.num_classes else [])
-        if not self.trainer.sanity_checking:
-            if self.val_repr_stats.n > 1 or self.trainer.world_size > 1:
-                for name, value in self.val_repr_stats.compute().items():
-                    self.log(f"val/repr/{name}", value)
-            if self.num_classes:
-                self.log("val/probe_acc", self.val_probe_acc.compute())
-                self.log("val/knn_acc", self.val_knn_acc.compute())
-        for metric in metrics:
-            metric.reset()
 
     # -- optimisation -------------------------------------------------------------------------------------------
     def global_batch_size(self) -> int | None:
@@ -221,23 +185,26 @@ class SelfSupervisedObjective(L.LightningModule):
         return factor
 
     def configure_optimizers(self) -> dict:
-        # Every trainable module (encoder, projector, a subclass's predictor...) except the probe, which gets its own
-        # group; frozen parameters (an EMA target) are skipped by param_groups.
-        trained = nn.ModuleList([m for name, m in self.named_children() if name != "probe"])
-        groups = param_groups(trained, self.hparams.weight_decay)
-        scaled = len(groups)  # lr_scaling applies to these groups, not to the probe's
-        if self.probe is not None:
-            probe_group: dict = {"params": list(self.probe.parameters()), "weight_decay": 0.0}
-            if self.hparams.probe_lr is not None:
-                probe_group["lr"] = self.hparams.probe_lr
-            groups.append(probe_group)
-        optimizer = self.optimizer_factory(groups)
+        # Every trainable module (encoder, projector, a subclass's predictor...); frozen parameters (an EMA target)
+        # are skipped by param_groups.
+        optimizer = self.optimizer_factory(param_groups(nn.ModuleList(self.children()), self.hparams.weight_decay))
         factor = self.lr_factor()
-        for group in optimizer.param_groups[:scaled]:
+        for group in optimizer.param_groups:
             group["lr"] *= factor
         total = int(self.trainer.estimated_stepping_batches)
         schedule = warmup_cosine(total, int(self.hparams.warmup_frac * total), self.hparams.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+
+
+class SelfSupervisedObjective(Objective):
+    """Base of the self-supervised (representation) objectives: validation batches are encoded and their features
+    exposed to the evaluation callbacks (probe, kNN, statistics) of :mod:`jepa_platform.callbacks.evaluation`.
+
+    Args: see :class:`Objective`.
+    """
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = VAL_LOADER) -> None:
+        self.expose({"features": self(model_input(batch))})
 
 
 def _per_rank_batch_size(trainer: L.Trainer) -> int | None:
@@ -315,9 +282,5 @@ class JointEmbeddingObjective(SelfSupervisedObjective):
         bs = views[0].shape[0]
         # Gathered terms are equal on every rank; local ones (InfoNCE anchors, invariance) are averaged here.
         self.log_loss(out, self.energy(out, embs), bs)
-        total = out.total
-        probe_loss = self.probe_loss(batch, reps[0])
-        if probe_loss is not None:
-            total = total + probe_loss
-        self.log_stats({"repr": reps[0], "emb": self.loss_space(embs[0].detach())}, bs)
-        return total
+        self.expose({"features": reps[0]}, {"repr": reps[0], "emb": self.loss_space(embs[0].detach())})
+        return out.total

@@ -84,6 +84,5 @@ class EMAJEPA(MaskedJEPA):
         out = LossOutput(prediction + regularisation, {"prediction": prediction, **terms})
         bs = x.shape[0]
         self.log_loss(out, prediction, bs)
-        self.log_stats({"repr": features, "emb": targets.flatten(0, -2)}, bs)
-        probe_loss = self.probe_loss(batch, features)
-        return out.total if probe_loss is None else out.total + probe_loss
+        self.expose({"features": features}, {"repr": features, "emb": targets.flatten(0, -2)})
+        return out.total

@@ -27,9 +27,10 @@ below (with ``detach_levels=false``, the default: the lower levels learn to serv
 stacking). No gradient reaches any target encoder; the EMA callback moves all of them after each step.
 
 Representation (probes, kNN, ``jepa eval``): the concatenation of every level's pooled features from the target
-stack (``eval_encoder=context``: the online stack). Metrics besides DESIGN.md's: ``level{k}/energy`` and
-``level{k}/rank`` (RankMe of the level's pooled training-batch features), and on validation
-``val/level{k}/probe_acc``, ``val/level{k}/energy`` (masks drawn from a fixed seed) and ``val/level{k}/rank``.
+stack (``eval_encoder=context``: the online stack). Metrics besides DESIGN.md's: ``level{k}/energy``, and on
+validation ``val/level{k}/energy`` (masks drawn from a fixed seed); each level's pooled features are also exposed
+to the evaluation callbacks as ``level{k}``, which log ``level{k}/rank`` (and the other statistics) of training
+batches, ``val/level{k}/probe_acc`` and ``val/level{k}/rank``.
 ``train/energy`` is the sum of the level energies.
 """
 
@@ -42,11 +43,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from jepa_platform.encoders.pos_embed import sincos_grid
 from jepa_platform.encoders.predictor import MaskedPredictor
@@ -54,7 +53,6 @@ from jepa_platform.errors import ConfigError
 from jepa_platform.losses.functional import LossOutput, masked_prediction, normalised_targets
 from jepa_platform.masking.collate import MaskPlan, effective_pool, model_input, pooled_grid
 from jepa_platform.masking.samplers import FutureMaskSampler, Grid, MultiBlockMaskSampler, gather_tokens
-from jepa_platform.metrics.embedding import EmbeddingStats, effective_rank
 from jepa_platform.objectives.base import BANK_LOADER
 from jepa_platform.objectives.masked import MaskedJEPA
 from jepa_platform.optim import OptimizerFactory
@@ -157,11 +155,11 @@ class HJEPA(MaskedJEPA):
             )
             for k, s in enumerate(specs)
         }
-        if self.num_classes:
-            self.level_probes = nn.ModuleList(nn.Linear(d, self.num_classes) for d in dims)
-            self.val_level_acc = nn.ModuleList(MulticlassAccuracy(self.num_classes, average="micro") for _ in dims)
         self.val_level_energy = nn.ModuleList(MeanMetric() for _ in dims)
-        self.val_level_stats = nn.ModuleList(EmbeddingStats(d, self.hparams.dead_threshold) for d in dims)
+
+    def feature_widths(self) -> dict[str, int]:
+        """The concatenation (``features``) and each level's pooled features (``level{k}``: probes and statistics)."""
+        return {"features": self.feature_dim, **{f"level{k}": d for k, d in enumerate(self.dims, start=1)}}
 
     # -- structure ------------------------------------------------------------------------------------------------
     def online_modules(self) -> list[tuple[nn.Module, nn.Module]]:
@@ -241,18 +239,12 @@ class HJEPA(MaskedJEPA):
         bs = x.shape[0]
         out = LossOutput(total + regularisation, {**terms, **regs})
         self.log_loss(out, sum(e.detach() for e in energies), bs)
-        for k, (e, p) in enumerate(zip(energies, pooled, strict=True), start=1):
+        for k, e in enumerate(energies, start=1):
             self.log(f"level{k}/energy", e, batch_size=bs, sync_dist=True)
-            if self.stats_due():
-                self.log(f"level{k}/rank", effective_rank(p), batch_size=bs)
         features = torch.cat(pooled, dim=1)
-        self.log_stats({"repr": features, "emb": normalised_targets(reps[0]).flatten(0, 1)}, bs)
-        loss = out.total
-        probe_loss = self.probe_loss(batch, features)
-        if probe_loss is not None:
-            level_ce = sum(F.cross_entropy(probe(p), batch["label"]) for probe, p in zip(self.level_probes, pooled, strict=True))
-            loss = loss + probe_loss + level_ce
-        return loss
+        levels = {f"level{k}": p for k, p in enumerate(pooled, start=1)}
+        self.expose({"features": features, **levels}, {"repr": features, "emb": normalised_targets(reps[0]).flatten(0, 1), **levels})
+        return out.total
 
     # -- validation -----------------------------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -261,29 +253,17 @@ class HJEPA(MaskedJEPA):
         x = model_input(batch)
         reps = self.stack(x, online=self.hparams.eval_encoder == "context")
         pooled = self.pooled(reps)
-        labels = batch.get("label")
-        self.update_val_metrics(torch.cat(pooled, dim=1), labels)
-        if self.num_classes and labels is not None:
-            for probe, acc, p in zip(self.level_probes, self.val_level_acc, pooled, strict=True):
-                acc.update(probe(p), labels)
+        self.expose({"features": torch.cat(pooled, dim=1), **{f"level{k}": p for k, p in enumerate(pooled, start=1)}})
         targets = reps if self.hparams.eval_encoder == "target" else self.stack(x)
         energies, _ = self.level_energies(x, self.batch_masks(batch, x, seed=batch_idx), targets)
         for k, e in enumerate(energies):
             self.val_level_energy[k].update(e, x.shape[0])
-            self.val_level_stats[k].update(pooled[k])
 
     def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            for k in range(len(self.specs)):
-                self.log(f"val/level{k + 1}/energy", self.val_level_energy[k].compute())
-                if self.val_level_stats[k].n > 1 or self.trainer.world_size > 1:
-                    self.log(f"val/level{k + 1}/rank", self.val_level_stats[k].compute()["rank"])
-                if self.num_classes:
-                    self.log(f"val/level{k + 1}/probe_acc", self.val_level_acc[k].compute())
-        for metrics in (self.val_level_energy, self.val_level_stats, *([self.val_level_acc] if self.num_classes else [])):
-            for metric in metrics:
-                metric.reset()
-        super().on_validation_epoch_end()
+        for k, metric in enumerate(self.val_level_energy, start=1):
+            if not self.trainer.sanity_checking:
+                self.log(f"val/level{k}/energy", metric.compute())
+            metric.reset()
 
 
 def _level(index: int, spec: Mapping[str, Any] | Level) -> Level:

@@ -152,6 +152,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("images without urls", ["train", "debug=fast", "data=images", "logger=none"], "data.urls"),
     ("diverging run", ["train", "debug=fast", "optimizer.lr=1e6", "logger=none", "paths.runs_dir={root}/diverged"], "non-finite"),
     ("convert a missing source", ["data", "convert", "{root}/no-such-folder", "{root}/out"], "no-such-folder"),
+    ("collect an unknown environment", ["data", "collect", "no_such_env", "{root}/collected"], "unknown environment 'no_such_env'"),
+    ("plan a run that is not a world model", ["plan", "{run_dir}", "--no-mlflow"], "is not a world model"),
     ("unknown command", ["trian"], "unknown command"),
 ]
 

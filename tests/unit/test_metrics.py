@@ -54,3 +54,25 @@ def test_knn_accuracy_separable_and_random():
     metric.update(torch.randn(400, 32, generator=g), labels[:400], bank=True)
     metric.update(torch.randn(100, 32, generator=g), labels[400:], bank=False)
     assert metric.compute().item() < 0.45
+
+
+def test_slow_feature_analysis_finds_the_slow_direction():
+    """Clips whose first coordinate drifts slowly and second jumps: the slowest SFA direction is the first one,
+    and batches (or ranks) add up to the statistics of the whole set."""
+    from jepa_platform.metrics.slowness import SlownessStats, slow_weights
+
+    g = torch.Generator().manual_seed(0)
+    slow = torch.cumsum(0.05 * torch.randn(64, 10, generator=g), dim=1)
+    fast = torch.randn(64, 10, generator=g)
+    mixed = torch.stack([slow + fast, slow - fast], dim=-1)  # the directions are mixed in the coordinates
+    whole, parts = SlownessStats(2), SlownessStats(2)
+    whole.update(mixed)
+    parts.update(mixed[:20])
+    parts.update(mixed[20:])
+    projection, slowness = whole.compute()
+    assert torch.allclose(projection.abs(), parts.compute()[0].abs(), atol=1e-4)
+    direction = projection[:, 0] / projection[:, 0].norm()
+    assert torch.allclose(direction.abs(), torch.tensor([0.7071, 0.7071]), atol=0.05)  # slow = first + second
+    assert slowness[0] < 0.1 * slowness[1]
+    weights = slow_weights(slowness, 1.0)
+    assert weights[0] > weights[1] and torch.isclose(weights.pow(2).mean(), torch.tensor(1.0))

@@ -86,7 +86,7 @@ def test_every_builtin_objective_has_a_config_file():
 def test_default_config_follows_kwargs_to_the_base_class():
     node = default_config(VICReg)
     assert node["_target_"] == "jepa_platform.objectives.vicreg.VICReg"
-    assert node["encoder"] == "${encoder}" and node["num_classes"] == "${data.num_classes}"
+    assert node["encoder"] == "${encoder}" and node["optimizer"] == "${optimizer}"
     assert node["sim_weight"] == 25.0 and node["projector_dims"] == [2048, 2048, 2048]
     assert node["weight_decay"] == 1e-6 and node["projector_norm"] == "batch"  # from JointEmbeddingObjective
     timm_node = OmegaConf.create(default_config(ENCODERS.get("timm").cls, wire=False))

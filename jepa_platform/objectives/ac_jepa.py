@@ -1,0 +1,229 @@
+"""AC-JEPA: an action-conditioned world model that predicts the next frame's embedding from the current one and
+the action taken (the PLDM / LeWM recipe: prediction in embedding space plus an anti-collapse regulariser, no
+decoder, no reward).
+
+On a clip of frames ``x_0..x_H`` and actions ``a_0..a_{H-1}`` (a sequence DataModule with ``flatten_actions=true``):
+
+- every frame is encoded, ``z_t = enc(x_t)``;
+- **teacher-forced** one-step predictions ``P(z_t, a_t)`` are compared with ``z_{t+1}``: ``train/energy``, the
+  one-step prediction error that a planner's cost is made of;
+- an **open-loop rollout** from ``z_0`` feeds each prediction back in for ``H`` steps (``rollout`` term), which is
+  what planning does: a model good at one step but drifting over ``H`` plans badly;
+- **anti-collapse**: VICReg's variance and covariance terms (PLDM) or SIGReg (LeJEPA, LeWM) on the frame
+  embeddings, gathered over ranks; the targets get gradients too (no EMA, no stop-gradient, as in LeWM), unless
+  ``stop_grad_targets``;
+- a small **state head** regresses the true state (``states`` of the collected data, e.g. the agent's position)
+  from *detached* embeddings: it never shapes the representation, and it is what guardrails check predicted
+  embeddings with (``world_model.costs.Guardrail``). ``val/state_error`` is its mean Euclidean error;
+- the **slow features** of the validation clips' embeddings (SFA, :mod:`jepa_platform.metrics.slowness`) are
+  measured at every validation and saved with the weights: planners may measure the energy to the goal in that
+  space (``planning_embedding``), where it follows the distance travelled instead of saturating a few steps away.
+
+Validation logs ``val/rollout_energy/h<h>`` (open-loop error h steps ahead, h = 1..H) and ``val/state_error``; the
+frame embeddings are exposed to the evaluation callbacks (``repr/*``, ``emb/*``, ``val/repr/*``; a probe and kNN
+when the episodes carry labels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, Metric
+
+from jepa_platform.distributed import gather_with_grad
+from jepa_platform.encoders.action_predictor import ActionConditionedPredictor
+from jepa_platform.errors import ConfigError
+from jepa_platform.losses.functional import LossOutput, covariance, random_directions, sigreg, variance
+from jepa_platform.metrics.slowness import SlownessStats, slow_weights
+from jepa_platform.objectives.base import Objective
+from jepa_platform.optim import OptimizerFactory
+from jepa_platform.registry import register_objective
+
+REGULARISERS = ("vicreg", "sigreg", "none")
+
+
+@register_objective("ac_jepa")
+class ACJEPA(Objective):
+    """Action-conditioned JEPA world model: encoder + AdaLN action-conditioned predictor, multi-step loss in embedding
+    space, VICReg or SIGReg anti-collapse, a detached state head for guardrails (see module docstring).
+
+    Args:
+        encoder, optimizer: see :class:`~jepa_platform.objectives.base.Objective` (also takes its other arguments).
+        action_dim: width of one step's (flattened) action.
+        state_dim: width of the states the state head regresses (0: no head).
+        predictor_hidden, predictor_depth: the predictor's hidden width and residual blocks.
+        rollout_steps: open-loop steps of the rollout term (``None``: the whole clip).
+        prediction_weight, rollout_weight: weights of the teacher-forced and open-loop terms.
+        regulariser: ``vicreg`` (variance + covariance), ``sigreg`` or ``none`` (a control that collapses).
+        var_weight, cov_weight: VICReg weights; sigreg_weight, num_slices: SIGReg weight and random directions.
+        smooth_weight: weight of the temporal smoothness term ``|z_{t+1} - z_t|^2`` (PLDM): with the variance and
+            covariance terms it favours slowly varying features, so that embedding distance follows distance
+            travelled (walls included) rather than saturating a few steps away, which long-horizon planning needs.
+        stop_grad_targets: detach the target embeddings (an EMA-free BYOL-style variant).
+        state_scale: the state head regresses ``states / state_scale`` (the environment's extent).
+    """
+
+    accepts_clips = True
+    #: batches are clips with actions (contract tests give it two-rooms clips)
+    needs_actions = True
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        optimizer: OptimizerFactory,
+        action_dim: int = 2,
+        state_dim: int = 2,
+        predictor_hidden: int = 256,
+        predictor_depth: int = 3,
+        rollout_steps: int | None = None,
+        prediction_weight: float = 1.0,
+        rollout_weight: float = 1.0,
+        regulariser: str = "vicreg",
+        var_weight: float = 1.0,
+        cov_weight: float = 0.04,
+        sigreg_weight: float = 0.1,
+        num_slices: int = 256,
+        smooth_weight: float = 0.0,
+        stop_grad_targets: bool = False,
+        state_scale: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        if regulariser not in REGULARISERS:
+            raise ConfigError(f"objective.regulariser={regulariser!r} is not one of {', '.join(REGULARISERS)}")
+        if action_dim < 1 or state_dim < 0 or (rollout_steps is not None and rollout_steps < 1):
+            raise ConfigError("objective.action_dim >= 1, objective.state_dim >= 0 and objective.rollout_steps >= 1 (or null) are required")
+        super().__init__(encoder, optimizer, **kwargs)
+        self.predictor = ActionConditionedPredictor(self.feature_dim, action_dim, predictor_hidden, predictor_depth)
+        self.state_head = nn.Sequential(nn.Linear(self.feature_dim, 128), nn.GELU(), nn.Linear(128, state_dim)) if state_dim else None
+        self.val_rollout: nn.ModuleList = nn.ModuleList()
+        self.val_state_error = MeanMetric()
+        self.val_slowness = SlownessStats(self.feature_dim)
+        # slow features of the embeddings (measured at every validation, saved with the weights): the planning space
+        self.register_buffer("slow_projection", torch.eye(self.feature_dim))
+        self.register_buffer("slowness", torch.ones(self.feature_dim))
+
+    # -- the world-model interface (planners use these) -----------------------------------------------------------
+    def encode(self, frames: Tensor) -> Tensor:
+        """``(B, C, H, W)`` (or ``(B, T, C, H, W)``) normalised frames to embeddings ``(B[, T], D)``."""
+        if frames.dim() == 5:
+            return self.encoder(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])
+        return self.encoder(frames)
+
+    def predict(self, z: Tensor, actions: Tensor) -> Tensor:
+        """Open-loop predictions ``(N, H, D)`` from embeddings ``(N, D)`` and actions ``(N, H, A)``."""
+        return self.predictor.rollout(z, actions)
+
+    def planning_embedding(self, z: Tensor, slow_power: float = 0.0) -> Tensor:
+        """Embeddings ``(..., D)`` in the space where planners measure the energy to the goal: projected on the slow
+        features of the validation clips, each scaled by ``slowness^(-slow_power / 2)``
+        (:mod:`jepa_platform.metrics.slowness`); the embedding itself for ``slow_power=0``."""
+        if not slow_power:
+            return z
+        return (z @ self.slow_projection) * slow_weights(self.slowness, slow_power)
+
+    def decode_state(self, z: Tensor) -> Tensor:
+        """The state head's estimate of the state (in data units) for embeddings ``(..., D)``."""
+        if self.state_head is None:
+            raise ConfigError("this world model has no state head (objective.state_dim=0): guardrails need one")
+        return self.state_head(z) * self.hparams.state_scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Frame embeddings: ``(B, D)`` for images, ``(B, T, D)`` for clips."""
+        return self.encode(x)
+
+    # -- loss -----------------------------------------------------------------------------------------------------
+    def _clip(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        if "frames" not in batch or "actions" not in batch:
+            raise ConfigError(
+                f"ac_jepa trains on clips with actions, got keys {', '.join(batch)}: use a sequence DataModule whose episodes have actions"
+            )
+        frames, actions = batch["frames"], batch["actions"]
+        actions = actions.flatten(2) if actions.dim() == 4 else actions  # (B, L-1, s, A) chunks -> (B, L-1, s*A)
+        if actions.shape[-1] != self.hparams.action_dim:
+            raise ConfigError(
+                f"objective.action_dim={self.hparams.action_dim} but the data's actions have width {actions.shape[-1]}: set objective.action_dim"
+            )
+        if frames.shape[1] < 2:
+            raise ConfigError("ac_jepa needs clips of at least 2 frames: set data.clip_length >= 2")
+        return frames, actions.to(frames.dtype)
+
+    def regularisation(self, z: Tensor) -> dict[str, Tensor]:
+        """Anti-collapse terms on frame embeddings ``(N, D)`` of the global batch."""
+        reg = self.hparams.regulariser
+        if reg == "vicreg":
+            return {"variance": variance(z), "covariance": covariance(z)}
+        if reg == "sigreg":
+            generator = torch.Generator(device=z.device).manual_seed(1_000_003 + self.global_step)
+            return {"sigreg": sigreg(z, random_directions(z.shape[-1], self.hparams.num_slices, generator, z.device))}
+        return {}
+
+    def losses(self, frames: Tensor, actions: Tensor, states: Tensor | None) -> tuple[LossOutput, Tensor, Tensor]:
+        """The loss, the one-step energy, and the frame embeddings ``(B, L, D)`` of one clip batch."""
+        hp = self.hparams
+        z = self.encode(frames)  # (B, L, D)
+        targets = z[:, 1:].detach() if hp.stop_grad_targets else z[:, 1:]
+        one_step = F.mse_loss(self.predictor(z[:, :-1], actions), targets)
+        steps = min(hp.rollout_steps or actions.shape[1], actions.shape[1])
+        rollout = F.mse_loss(self.predictor.rollout(z[:, 0], actions[:, :steps]), targets[:, :steps])
+        terms = {"prediction": one_step, "rollout": rollout}
+        total = hp.prediction_weight * one_step + hp.rollout_weight * rollout
+        if hp.smooth_weight:
+            terms["smoothness"] = (z[:, 1:] - z[:, :-1]).pow(2).mean()
+            total = total + hp.smooth_weight * terms["smoothness"]
+        regs = self.regularisation(gather_with_grad(z.flatten(0, 1)))
+        weights = {"variance": hp.var_weight, "covariance": hp.cov_weight, "sigreg": hp.sigreg_weight}
+        for name, value in regs.items():
+            total = total + weights[name] * value
+        terms.update(regs)
+        if self.state_head is not None and states is not None:
+            state_loss = F.mse_loss(self.state_head(z.detach()), states / hp.state_scale)
+            terms["state_head"] = state_loss
+            total = total + state_loss
+        return LossOutput(total, terms), one_step.detach(), z
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        frames, actions = self._clip(batch)
+        out, energy, z = self.losses(frames, actions, batch.get("states"))
+        bs = frames.shape[0]
+        self.log_loss(out, energy, bs)
+        flat = z.detach().flatten(0, 1)
+        self.expose({"features": z[:, 0]}, {"repr": flat, "emb": flat})
+        return out.total
+
+    # -- validation -------------------------------------------------------------------------------------------------
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        frames, actions = self._clip(batch)
+        z = self.encode(frames)
+        self.expose({"features": z[:, 0]})
+        if dataloader_idx != 0:
+            return
+        self.val_slowness.update(z)
+        predicted = self.predictor.rollout(z[:, 0], actions)  # (B, H, D)
+        errors = (predicted - z[:, 1:]).pow(2).mean(dim=(0, 2))  # (H,)
+        while len(self.val_rollout) < len(errors):
+            self.val_rollout.append(MeanMetric().to(self.device))
+        for h, e in enumerate(errors):
+            self.val_rollout[h].update(e, frames.shape[0])
+        if self.state_head is not None and batch.get("states") is not None:
+            error = (self.decode_state(z) - batch["states"]).norm(dim=-1).mean()
+            self.val_state_error.update(error, frames.shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        metrics: Sequence[Metric] = [*self.val_rollout, self.val_state_error, self.val_slowness]
+        if not self.trainer.sanity_checking and self.val_slowness.update_called:
+            projection, slowness = self.val_slowness.compute()
+            self.slow_projection.copy_(projection)
+            self.slowness.copy_(slowness)
+            self.log("val/slowness_min", slowness[0])
+        if not self.trainer.sanity_checking:
+            for h, metric in enumerate(self.val_rollout, start=1):
+                if metric.update_called:
+                    self.log(f"val/rollout_energy/h{h}", metric.compute())
+            if self.val_state_error.update_called:
+                self.log("val/state_error", self.val_state_error.compute())
+        for metric in metrics:
+            metric.reset()

@@ -1,0 +1,237 @@
+"""``jepa plan RUN``: a world model's planners on fixed held-out start/goal pairs, next to two baselines.
+
+It rebuilds the run's world model (``config.yaml``, checkpoint loaded with ``weights_only=True``) and the
+environment its data came from, draws ``--episodes`` start/goal pairs from ``--seed`` (at least half of the goals in
+the other room, none in or near a forbidden region), and runs every planner under MPC at a fixed step budget:
+the model-based planners (``cem``, ``icem``, ``mppi``, ``gradient`` by default) and the baselines ``random`` and
+``greedy`` (one-step lookahead). The planner sees the observation and the goal image only; success, steps and
+guardrail violations are counted in the simulator.
+
+Prints one table (success rate, mean steps of the successful episodes, violations, fallbacks, planning seconds per
+episode and per replan, world-model evaluations per episode and per second), writes ``plan.json`` and trajectory
+pictures under ``RUN/plan/<time>/``, and logs ``plan/success_rate`` (best model-based planner), ``plan/violations``
+(all model-based planners), ``plan/<planner>/*`` and the pictures to the run's MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jepa_platform.checkpoints import find_checkpoint, load_run_config, resolve_run, trained_objective
+from jepa_platform.config import build
+from jepa_platform.errors import ConfigError
+from jepa_platform.registry import PLANNERS
+from jepa_platform.world_model.costs import Guardrail, PlanningCost
+from jepa_platform.world_model.mpc import Episode, run_episode
+from jepa_platform.world_model.pictures import episode_picture, grid
+from jepa_platform.world_model.planners.base import WorldModel
+
+log = logging.getLogger(__name__)
+MODEL_PLANNERS = ("cem", "icem", "mppi", "gradient")
+BASELINES = ("random", "greedy")
+
+
+def environment_of(cfg: Any) -> tuple[str, dict[str, Any]]:
+    """The environment (name, parameters) a run's data was collected in: from the built-in data config, or from the
+    ``collection`` record that ``jepa data collect`` wrote into the dataset's manifest."""
+    data = cfg.data
+    if str(data.get("_target_", "")).endswith("TwoRoomsDataModule"):
+        from omegaconf import OmegaConf
+
+        return "two_rooms", {**OmegaConf.to_container(data.get("env") or {}, resolve=True), "image_size": int(data.image_size)}
+    urls = str(data.get("urls", ""))
+    manifest = Path(urls) / "manifest.json"
+    if manifest.is_file():
+        record = json.loads(manifest.read_text()).get("collection")
+        if record:
+            return str(record["env"]), dict(record.get("env_kwargs") or {})
+    raise ConfigError(
+        "cannot tell which environment this run's data came from: train on data=two_rooms or on a directory written by jepa data collect"
+    )
+
+
+def held_out_pairs(env: Any, episodes: int, seed: int, margin: float, min_distance: float = 0.3) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``episodes`` start/goal pairs from ``seed``: even episodes have the goal in the other room, odd ones anywhere;
+    both at least ``margin`` from forbidden boxes and ``min_distance`` apart."""
+    rng = np.random.default_rng([seed, 7919])
+    pairs = []
+    for i in range(episodes):
+        while True:
+            start = env.sample_free_state(rng, margin=margin)
+            room = 1 - env.room(start) if i % 2 == 0 else None
+            goal = env.sample_free_state(rng, room=room, margin=margin)
+            if np.linalg.norm(goal - start) >= min_distance:
+                break
+        pairs.append((start, goal))
+    return pairs
+
+
+def planner_kwargs(specs: list[str]) -> dict[str, dict[str, Any]]:
+    """``cem.num_samples=100`` -> ``{"cem": {"num_samples": 100}}`` (values in JSON, else strings)."""
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        name, dot, arg = key.partition(".")
+        if not (sep and dot and name and arg):
+            raise ConfigError(f"--planner-arg {spec!r}: write PLANNER.ARG=VALUE, e.g. cem.num_samples=100")
+        try:
+            out.setdefault(name, {})[arg] = json.loads(value)
+        except json.JSONDecodeError:
+            out.setdefault(name, {})[arg] = value
+    return out
+
+
+def make_planner(name: str, kwargs: dict[str, Any], seed: int) -> Any:
+    cls = PLANNERS.get(name).cls
+    try:
+        return cls(**{"seed": seed, **kwargs})
+    except TypeError as exc:
+        raise ConfigError(f"planner {name} does not take {sorted(kwargs)}: {exc}") from exc
+
+
+def summarise(episodes: list[Episode]) -> dict[str, float]:
+    n = len(episodes)
+    wins = [e for e in episodes if e.success]
+    replans = sum(e.replans for e in episodes)
+    planning = sum(e.planning_seconds for e in episodes)
+    evaluations = sum(e.evaluations for e in episodes)
+    return {
+        "success_rate": len(wins) / n,
+        "mean_steps": float(np.mean([e.steps for e in wins])) if wins else math.nan,
+        "violations": float(sum(e.violations for e in episodes)),
+        "fallbacks": float(sum(e.fallbacks for e in episodes)),
+        "planning_seconds_per_episode": planning / n,
+        "seconds_per_replan": planning / max(replans, 1),
+        "evaluations_per_episode": evaluations / n,
+        "evaluations_per_second": evaluations / planning if planning > 0 else math.nan,
+    }
+
+
+def format_table(results: dict[str, dict[str, float]], episodes: int, max_steps: int) -> str:
+    head = f"{'planner':<10}{'success':>9}{'steps':>8}{'violations':>12}{'fallbacks':>11}{'plan s/ep':>11}{'s/replan':>10}"
+    head += f"{'WM evals/ep':>13}{'evals/s':>11}"
+    lines = [f"{episodes} held-out start/goal pairs, budget {max_steps} steps", head, "-" * len(head)]
+    for name, r in results.items():
+        lines.append(
+            f"{name:<10}{100 * r['success_rate']:>8.1f}%{r['mean_steps']:>8.1f}{int(r['violations']):>12d}{int(r['fallbacks']):>11d}"
+            f"{r['planning_seconds_per_episode']:>11.3f}{r['seconds_per_replan']:>10.4f}{r['evaluations_per_episode']:>13.0f}{r['evaluations_per_second']:>11.0f}"
+        )
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jepa plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run directory of a world model (runs/<run>) or 'last'")
+    p.add_argument("--ckpt", default=None, help="checkpoint (default: the run's newest complete one)")
+    p.add_argument("--runs-dir", default=os.environ.get("JEPA_RUNS_DIR", "runs"), help="where 'last' looks (default: $JEPA_RUNS_DIR or ./runs)")
+    p.add_argument("--planners", default=",".join(MODEL_PLANNERS), help=f"model-based planners, comma-separated (default {','.join(MODEL_PLANNERS)})")
+    p.add_argument("--baselines", default=",".join(BASELINES), help="baselines in the same table (default random,greedy; '' for none)")
+    p.add_argument("--planner-arg", action="append", default=[], metavar="PLANNER.ARG=VALUE", help="planner parameter (repeatable)")
+    p.add_argument("--episodes", type=int, default=50, help="held-out start/goal pairs (default 50)")
+    p.add_argument("--seed", type=int, default=1000, help="seed of the pairs (default 1000; collection uses other seeds)")
+    p.add_argument("--horizon", type=int, default=16, help="planning horizon in steps (default 16)")
+    p.add_argument("--execute", type=int, default=3, help="actions executed before replanning (default 3)")
+    p.add_argument("--max-steps", type=int, default=100, help="step budget per episode (default 100)")
+    p.add_argument("--success-radius", type=float, default=0.06, help="success: within this distance of the goal (default 0.06)")
+    p.add_argument("--terminal-weight", type=float, default=1.0, help="weight of the goal energy at the plan's end")
+    p.add_argument("--step-weight", type=float, default=1.0, help="weight of the goal energy averaged over the plan's steps (default 1)")
+    p.add_argument(
+        "--slow-power",
+        type=float,
+        default=2.0,
+        help="measure the energy on the model's slow features, each scaled by slowness^(-power/2) (0: plain embedding distance; default 2)",
+    )
+    p.add_argument("--action-weight", type=float, default=0.0, help="weight of the mean squared action")
+    p.add_argument("--margin", type=float, default=0.08, help="guardrail margin around forbidden boxes (state units)")
+    p.add_argument("--no-guardrail", action="store_true", help="plan without guardrails (violations are still counted)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--pictures", type=int, default=None, help="trajectory pictures per planner (default: every episode)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to the run's MLflow run")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.episodes < 1 or args.horizon < 1 or args.execute < 1 or args.max_steps < 1:
+        raise ConfigError("--episodes, --horizon, --execute and --max-steps must be >= 1")
+    if args.execute > args.horizon:
+        raise ConfigError(f"--execute {args.execute} exceeds --horizon {args.horizon}: execute at most the planned actions")
+    run_dir = resolve_run(args.run, Path(args.runs_dir))
+    cfg = load_run_config(run_dir)
+    ckpt = Path(args.ckpt) if args.ckpt else find_checkpoint(str(run_dir), run_dir, run_dir)
+    model, _meta = trained_objective(cfg.objective, ckpt)
+    if not all(hasattr(model, m) for m in ("encode", "predict")):
+        raise ConfigError(f"{run_dir} is not a world model ({type(model).__name__} has no encode/predict): train one with experiment=two_rooms")
+    from jepa_platform.world_model.envs import make_env
+
+    env_name, env_kwargs = environment_of(cfg)
+    env = make_env(env_name, **env_kwargs)
+    for needed in ("render_state", "sample_free_state", "room"):
+        if not hasattr(env.unwrapped, needed):
+            raise ConfigError(f"environment {env_name} has no {needed}(): jepa plan needs start/goal states it can render (see docs/world-model.md)")
+    transform = build(cfg.data.eval_transform, "data.eval_transform")
+    wm = WorldModel(model.to(args.device), transform, env.action_space.low, env.action_space.high, slow_power=args.slow_power)
+    boxes = [] if args.no_guardrail else getattr(env.unwrapped, "forbidden", np.zeros((0, 4))).tolist()
+    cost = PlanningCost(args.terminal_weight, args.step_weight, args.action_weight, Guardrail(boxes, args.margin) if boxes else None)
+    pairs = held_out_pairs(env.unwrapped, args.episodes, args.seed, margin=args.margin + 0.02)
+    extra = planner_kwargs(args.planner_arg)
+    names = [n for n in args.planners.split(",") if n] + [n for n in args.baselines.split(",") if n]
+    unknown = sorted(set(extra) - set(names))
+    if unknown:
+        raise ConfigError(f"--planner-arg for {', '.join(unknown)}, which is not planned: add it to --planners")
+    planners = {name: make_planner(name, extra.get(name, {}), args.seed) for name in names}  # checks every name first
+
+    out_dir = run_dir / "plan" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, float]] = {}
+    records: dict[str, list[dict]] = {}
+    for name, planner in planners.items():
+        tic = time.perf_counter()
+        horizon, execute = (args.horizon, args.execute) if name != "greedy" else (1, 1)
+        episodes = [run_episode(env, planner, wm, cost, s, g, horizon, execute, args.max_steps, args.success_radius) for s, g in pairs]
+        results[name] = summarise(episodes)
+        records[name] = [e.__dict__ for e in episodes]
+        log.info("%s: %.0f%% success in %.1fs", name, 100 * results[name]["success_rate"], time.perf_counter() - tic)
+        shown = episodes if args.pictures is None else episodes[: args.pictures]
+        geometry = env.unwrapped.describe() if hasattr(env.unwrapped, "describe") else {}
+        pictures = [episode_picture(e, geometry, args.success_radius, f"{name} #{i}") for i, e in enumerate(shown)]
+        (out_dir / name).mkdir(exist_ok=True)
+        for i, picture in enumerate(pictures):
+            picture.save(out_dir / name / f"episode_{i:03d}.png")
+        if pictures:
+            grid(pictures).save(out_dir / f"{name}.png")
+
+    table = format_table(results, args.episodes, args.max_steps)
+    print(table)
+    setup = {k: v for k, v in vars(args).items() if k not in ("run", "runs_dir")}
+    (out_dir / "plan.json").write_text(json.dumps({"setup": setup, "checkpoint": str(ckpt), "results": results, "episodes": records}, indent=2))
+    (out_dir / "table.txt").write_text(table + "\n")
+    print(f"results and pictures: {out_dir}")
+    if not args.no_mlflow:
+        from jepa_platform.tracking import log_to_run
+
+        if log_to_run(run_dir, plan_metrics(results, planners), out_dir, f"plan/{out_dir.name}"):
+            print("logged plan/* and the trajectory pictures to the run's MLflow run")
+    return 0
+
+
+def plan_metrics(results: dict[str, dict[str, float]], planners: dict[str, Any]) -> dict[str, float]:
+    """``plan/<planner>/<figure>`` for every planner, and ``plan/success_rate`` (best model-based planner) and
+    ``plan/violations`` (sum over the model-based planners)."""
+    metrics = {f"plan/{name}/{k}": v for name, r in results.items() for k, v in r.items() if math.isfinite(v)}
+    model_based = [name for name, p in planners.items() if p.uses_model and name not in BASELINES]
+    if model_based:
+        metrics["plan/success_rate"] = max(results[n]["success_rate"] for n in model_based)
+        metrics["plan/violations"] = sum(results[n]["violations"] for n in model_based)
+    return metrics

@@ -1,0 +1,84 @@
+"""Model-predictive control: plan ``horizon`` actions, execute the first ``execute`` of them, observe, replan.
+
+The loop talks to the environment only to act and to observe images; success (the true state within
+``success_radius`` of the goal state) and guardrail violations (true states in a forbidden box) are read from the
+simulator's ``info`` *after* each step, for the record, and never reach the planner.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+
+from jepa_platform.world_model.costs import PlanningCost
+from jepa_platform.world_model.planners.base import Planner, WorldModel
+
+
+@dataclass
+class Episode:
+    """What one MPC episode did (``states`` from the simulator, for the record and the pictures)."""
+
+    success: bool
+    steps: int
+    violations: int
+    planning_seconds: float
+    evaluations: int
+    replans: int
+    fallbacks: int
+    states: list[list[float]] = field(default_factory=list)
+    start: list[float] = field(default_factory=list)
+    goal: list[float] = field(default_factory=list)
+
+
+def run_episode(
+    env: gym.Env,
+    planner: Planner,
+    world_model: WorldModel,
+    cost: PlanningCost,
+    start: np.ndarray,
+    goal: np.ndarray,
+    horizon: int,
+    execute: int,
+    max_steps: int,
+    success_radius: float,
+) -> Episode:
+    """One episode from ``start`` towards the image of ``goal`` under MPC (see module docstring)."""
+    unwrapped = env.unwrapped
+    goal_obs = unwrapped.render_state(np.asarray(goal, np.float32))
+    obs, info = env.reset(options={"state": start})
+    planner.reset()
+    fallbacks0, evaluations0 = planner.fallbacks, world_model.evaluations
+    states = [info["state"].tolist()]
+    steps = violations = replans = 0
+    planning = 0.0
+    success = bool(np.linalg.norm(info["state"] - goal) < success_radius)
+    while not success and steps < max_steps:
+        tic = time.perf_counter()
+        actions = planner.plan(world_model, obs, goal_obs, cost, horizon)
+        planning += time.perf_counter() - tic
+        replans += 1
+        todo = actions[:execute].detach().cpu().numpy()
+        for action in todo:
+            obs, _reward, _terminated, _truncated, info = env.step(action)
+            steps += 1
+            states.append(info["state"].tolist())
+            violations += int(info.get("in_forbidden", False))
+            success = bool(np.linalg.norm(info["state"] - goal) < success_radius)
+            if success or steps >= max_steps:
+                break
+        planner.shift(len(todo))
+    return Episode(
+        success=success,
+        steps=steps,
+        violations=violations,
+        planning_seconds=planning,
+        evaluations=world_model.evaluations - evaluations0,
+        replans=replans,
+        fallbacks=planner.fallbacks - fallbacks0,
+        states=states,
+        start=np.asarray(start).tolist(),
+        goal=np.asarray(goal).tolist(),
+    )
