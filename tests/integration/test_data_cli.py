@@ -136,6 +136,7 @@ def test_converted_folder_trains_end_to_end(tmp_path: Path):
     assert "num_classes: 3" in config
 
 
+@pytest.mark.slow  # 27 s; skipping itself is covered by tests/unit/test_data.py
 def test_skipped_samples_reach_mlflow(tiny_dataset: Path, tmp_path: Path, make_cfg):
     import mlflow
 

@@ -113,6 +113,7 @@ def test_nonfinite_guard_skip_leaves_the_weights_and_counts(tmp_path: Path):
     assert not torch.equal(model.w, ref.w)  # one step fewer was taken
 
 
+@pytest.mark.slow  # 24 s: two subprocess runs killed by signals (benchmarks/faults.py kills runs too)
 def test_sigterm_marks_the_run_killed_and_a_kill_9_is_found_later(tmp_path: Path, data_root: Path):
     args = ("train", *QUICK, "trainer.max_epochs=50")
     proc = _jepa(*args, runs=tmp_path, data_root=data_root, start_new_session=True)

@@ -49,6 +49,10 @@ def test_compose_and_instantiate(group: str, option: str, make_cfg, tiny_dataset
         debug = "fast_vit"  # the masked JEPAs need a ViT and have no projector
     if option == "fast_wm":
         debug, overrides = "fast_wm", ["objective=ac_jepa"]  # world models: two-rooms clips with actions
+    elif group not in ("debug", "hydra") and (
+        (option == "two_rooms" and group == "experiment") or getattr(objective_class(overrides), "needs_actions", False)
+    ):
+        debug = "fast_wm"
     cfg = make_cfg(*overrides, debug=debug)
     datamodule = instantiate(cfg.data, _convert_="all")
     assert isinstance(datamodule, L.LightningDataModule)

@@ -130,9 +130,13 @@ def test_without_guardrail_the_straight_path_enters_the_box():
 
 
 def test_every_candidate_violating_falls_back_to_staying():
+    """A model that predicts a drift into the box faster than any action can resist: no safe candidate, so the
+    planner returns the stay plan and counts a fallback."""
     env = TwoRoomsEnv()
     wm = oracle(env)
-    cost = PlanningCost(guardrail=Guardrail([[0.0, 0.0, 1.0, 1.0]], margin=0.0))  # everything is forbidden
+    rollout = wm.rollout
+    wm.rollout = lambda z0, actions: rollout(z0, actions) + 0.1 * torch.arange(1, actions.shape[1] + 1)[None, :, None] * torch.tensor([1.0, 0.0])
+    cost = PlanningCost(guardrail=Guardrail([[0.25, 0.0, 1.0, 1.0]], margin=0.0))  # the agent stands at x = 0.2
     planner = PLANNERS.get("mppi").cls(seed=0)
     obs, _ = env.reset(options={"state": [0.2, 0.2]})
     actions = planner.plan(wm, obs, env.render_state(np.array([0.3, 0.3], np.float32)), cost, 6)
