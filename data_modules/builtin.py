@@ -3,6 +3,8 @@ generated on first use."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -178,9 +180,6 @@ class TwoRoomsDataModule(SequenceDataModule):
         samples_per_shard: int = 250,
         **kwargs,
     ) -> None:
-        import hashlib
-        import json
-
         self.root = Path(root).expanduser() if root else default_cache_dir()
         self.env_kwargs = {**(env or {}), "image_size": image_size}
         tag = hashlib.blake2b(json.dumps(self.env_kwargs, sort_keys=True).encode(), digest_size=4).hexdigest()

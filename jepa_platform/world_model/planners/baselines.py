@@ -33,9 +33,10 @@ class RandomPlanner(Planner):
 
 @register_planner("greedy")
 class GreedyPlanner(Planner):
-    """One-step lookahead: of ``directions`` x ``magnitudes`` candidate actions (and staying), the one whose predicted
-    next embedding is closest to the goal's, guardrails respected; returns that action for every step of the horizon
-    (MPC replans after each executed step when configured so).
+    """One-step lookahead: the candidate action whose predicted next embedding is closest to the goal's.
+
+    Of ``directions`` x ``magnitudes`` candidate actions (and staying), guardrails respected; returns that action for
+    every step of the horizon (``jepa plan`` runs it with horizon 1, replanning after every step).
 
     Args:
         directions: headings tried, evenly spaced (2-D actions; other action sizes draw ``directions`` random ones).
