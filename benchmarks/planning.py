@@ -4,7 +4,7 @@
 Prints, side by side in one run, each planner's seconds per replan, candidates/s and world-model evaluations/s
 (one evaluation = one candidate advanced one step), and each planner's time per replan as a ratio of CEM's.
 
-    python -m benchmarks.planning [--horizon 8] [--repeats 20] [--device cpu,cuda]
+    python -m benchmarks.planning [--horizon 16] [--repeats 20] [--device cpu,cuda]
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def measure(device: str, horizon: int, repeats: int) -> dict[str, dict[str, floa
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--horizon", type=int, default=8)
+    parser.add_argument("--horizon", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="cpu,cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
