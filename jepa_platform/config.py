@@ -270,3 +270,13 @@ def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
             raise exc.__cause__ from exc
         detail = " ".join(str(exc.__cause__ or exc).split())
         raise ConfigError(f"cannot build {what} ({node.get('_target_')}): {detail}: fix the {what} config or its overrides") from exc
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: JSON when it parses (numbers, booleans, lists), else the text itself."""
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text

@@ -45,9 +45,10 @@ def feature_widths(pl_module: L.LightningModule) -> dict[str, int]:
     return dict(widths()) if callable(widths) else {}
 
 
-def _prefixed(name: str, metric: str, main: str) -> str:
-    """``val/<metric>`` for the main features (under ``main``), ``val/<name>/<metric>`` for the others."""
-    return f"val/{main}/{metric}" if name == MAIN and main else (f"val/{metric}" if name == MAIN else f"val/{name}/{metric}")
+def _val_name(name: str, metric: str, main_group: str = "") -> str:
+    """``val/[<main_group>/]<metric>`` for the main features, ``val/<name>/<metric>`` for the other feature sets."""
+    group = main_group if name == MAIN else name
+    return f"val/{group}/{metric}" if group else f"val/{metric}"
 
 
 class OnlineProbe(Callback):
@@ -115,7 +116,7 @@ class OnlineProbe(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for name, metric in self.accuracy.items():
             if not trainer.sanity_checking and metric.update_called:
-                pl_module.log(_prefixed(name, "probe_acc", ""), metric.compute())
+                pl_module.log(_val_name(name, "probe_acc"), metric.compute())
             metric.reset()
 
     def state_dict(self) -> dict[str, Any]:
@@ -216,5 +217,5 @@ class EmbeddingMonitor(Callback):
         for name, metric in self.val_stats.items():
             if not trainer.sanity_checking and (metric.n > 1 or trainer.world_size > 1):
                 for stat, value in metric.compute().items():
-                    pl_module.log(_prefixed(name, stat, "repr"), value)
+                    pl_module.log(_val_name(name, stat, "repr"), value)
             metric.reset()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from data_modules.sequences import write_episodes
 from data_modules.shards import MANIFEST
+from jepa_platform.config import parse_value
 from jepa_platform.errors import ConfigError, DataError
 
 POLICIES = ("random", "noisy_directional", "mixed")
@@ -210,10 +210,7 @@ def _parse_env_args(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise ConfigError(f"--env-arg {pair!r}: write KEY=VALUE (VALUE in JSON or plain text)")
         key, value = pair.split("=", 1)
-        try:
-            kwargs[key] = json.loads(value)
-        except json.JSONDecodeError:
-            kwargs[key] = value
+        kwargs[key] = parse_value(value)
     return kwargs
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from jepa_platform.checkpoints import find_checkpoint, load_run_config, resolve_run, trained_objective
-from jepa_platform.config import build
+from jepa_platform.config import build, parse_value
 from jepa_platform.errors import ConfigError
 from jepa_platform.registry import PLANNERS
 from jepa_platform.world_model.costs import Guardrail, PlanningCost
@@ -85,10 +85,7 @@ def planner_kwargs(specs: list[str]) -> dict[str, dict[str, Any]]:
         name, dot, arg = key.partition(".")
         if not (sep and dot and name and arg):
             raise ConfigError(f"--planner-arg {spec!r}: write PLANNER.ARG=VALUE, e.g. cem.num_samples=100")
-        try:
-            out.setdefault(name, {})[arg] = json.loads(value)
-        except json.JSONDecodeError:
-            out.setdefault(name, {})[arg] = value
+        out.setdefault(name, {})[arg] = parse_value(value)
     return out
 
 
@@ -192,6 +189,7 @@ def main(argv: list[str]) -> int:
         raise ConfigError(f"--planner-arg for {', '.join(unknown)}, which is not planned: add it to --planners")
     planners = {name: make_planner(name, extra.get(name, {}), args.seed) for name in names}  # checks every name first
 
+    geometry = env.unwrapped.describe() if hasattr(env.unwrapped, "describe") else {}
     out_dir = run_dir / "plan" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, float]] = {}
@@ -204,7 +202,6 @@ def main(argv: list[str]) -> int:
         records[name] = [e.__dict__ for e in episodes]
         log.info("%s: %.0f%% success in %.1fs", name, 100 * results[name]["success_rate"], time.perf_counter() - tic)
         shown = episodes if args.pictures is None else episodes[: args.pictures]
-        geometry = env.unwrapped.describe() if hasattr(env.unwrapped, "describe") else {}
         pictures = [episode_picture(e, geometry, args.success_radius, f"{name} #{i}") for i, e in enumerate(shown)]
         (out_dir / name).mkdir(exist_ok=True)
         for i, picture in enumerate(pictures):
