@@ -144,8 +144,10 @@ def compare(runs: Path, reference: Path, kills: int) -> Outcome:
     duplicated = {k: len(v) - len({s for s, _ in v}) for k, v in hist.items() if len(v) != len({s for s, _ in v})}
     if duplicated:
         return Outcome(False, kills, f"steps logged twice: {duplicated}")
-    unequal = [k for k in ref_hist if k in hist and k != "lr-LARS" and [s for s, _ in hist[k]] != [s for s, _ in ref_hist[k]]]
-    values = [k for k in ref_hist if k in hist and hist[k] != ref_hist[k] and not k.startswith("lr-")]
+    # system/* and perf/* measure the machine (sampled by wall clock), not the training: they differ between any two runs
+    compared = [k for k in ref_hist if k in hist and not k.startswith(("system/", "perf/"))]
+    unequal = [k for k in compared if k != "lr-LARS" and [s for s, _ in hist[k]] != [s for s, _ in ref_hist[k]]]
+    values = [k for k in compared if hist[k] != ref_hist[k] and not k.startswith("lr-")]
     if status != "FINISHED":
         return Outcome(False, kills, f"run status {status}")
     if unequal or values:

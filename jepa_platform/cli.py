@@ -1,4 +1,5 @@
-"""The ``jepa`` command: ``jepa train ...`` (Hydra app over conf/), ``jepa eval``, ``jepa export``, ``jepa list``, ``jepa data``.
+"""The ``jepa`` command: ``jepa train ...`` (Hydra app over conf/), ``jepa eval``, ``jepa export``, ``jepa list``, ``jepa data``,
+``jepa plan``, ``jepa compare``, ``jepa sync``.
 
 User errors (bad config, data, checkpoint or path) print one line starting with ``error:`` and exit with 2.
 """
@@ -22,6 +23,9 @@ commands:
   list    registered objectives and encoders, plugins included, with one-line descriptions
   data    shards: jepa data convert SRC OUT_DIR (image folder, .npz, IDX) | jepa data inspect DIR_OR_URLS
           | jepa data collect ENV OUT_DIR (trajectories of two_rooms or any gymnasium env, for world models)
+  compare objectives side by side from MLflow (mean ± std over seeds, curves): jepa compare --sweep <parent run id>
+          | --experiment NAME | RUN_ID... [--format markdown|csv|json] [--tracking-uri URI]
+  sync    upload what runs could not send to a tracking server that was away: jepa sync runs/<run>
   plan    evaluate a world model's planners (CEM, iCEM, MPPI, gradient) against baselines on held-out goals:
           jepa plan runs/<run> [--episodes 50] (jepa plan --help for options)
 """
@@ -54,6 +58,18 @@ def _list(args: list[str]) -> int:
     return main(args)
 
 
+def _compare(args: list[str]) -> int:
+    from jepa_platform.tracking.compare import main
+
+    return main(args)
+
+
+def _sync(args: list[str]) -> int:
+    from jepa_platform.tracking.outbox import main
+
+    return main(args)
+
+
 def _plan(args: list[str]) -> int:
     from jepa_platform.world_model.evaluate import main
 
@@ -80,7 +96,16 @@ def _data(args: list[str]) -> int:
     return parsed.func(parsed)
 
 
-COMMANDS = {"train": _train, "eval": _eval, "export": _export, "list": _list, "data": _data, "plan": _plan}
+COMMANDS = {
+    "train": _train,
+    "eval": _eval,
+    "export": _export,
+    "list": _list,
+    "data": _data,
+    "plan": _plan,
+    "compare": _compare,
+    "sync": _sync,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

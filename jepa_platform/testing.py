@@ -10,6 +10,7 @@ float32 rounding (Barlow Twins' gradients reach 1e3 on a 16-sample batch, where 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import subprocess
 import tarfile
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from jepa_platform.objectives.barlow import BarlowTwins
@@ -257,6 +260,21 @@ def write_tar(path: Path, samples: list[dict[str, Any]]) -> None:
                 tar.addfile(info, io.BytesIO(data))
 
 
+@contextlib.contextmanager
+def environment(env: dict[str, str] | None) -> Iterator[None]:
+    """Set the variables of ``env`` for the duration of the block, then restore them as they were."""
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def run_jepa(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``jepa <args>`` in this process, as the command line would run it, without an interpreter's start-up (seconds
     of imports per call in a test suite): environment variables from ``env`` for the call, the exit status, and what
@@ -269,23 +287,16 @@ def run_jepa(args: list[str], env: dict[str, str] | None = None) -> subprocess.C
     from jepa_platform import cli
     from jepa_platform.launch import run_stamp
 
-    saved = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})
     out, err = io.StringIO(), io.StringIO()
     try:
         GlobalHydra.instance().clear()
         run_stamp.cache_clear()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with environment(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 code = cli.main(list(args))
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         GlobalHydra.instance().clear()
         run_stamp.cache_clear()
     return subprocess.CompletedProcess(["jepa", *args], code, out.getvalue(), err.getvalue())
@@ -314,3 +325,91 @@ class OracleWorldModel(nn.Module):
 
     def decode_state(self, z: torch.Tensor) -> torch.Tensor:
         return z
+
+
+class MlflowServer:
+    """A real ``mlflow server`` for tests: SQLite backend and artifacts under ``root``, on 127.0.0.1 at a free port
+    (or ``port``), in its own process group so that :meth:`stop` takes its web workers down with it."""
+
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        self.root, self.port = Path(root), port or _free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> MlflowServer:
+        import shutil
+        import sys
+        import time
+        import urllib.request
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+        cmd = [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        cmd += ["--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}", "--artifacts-destination", str(self.root / "artifacts")]
+        log = (self.root / "server.log").open("a")
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {self.process.returncode}: see {self.root / 'server.log'}")
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2):
+                    return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not answer within {timeout:g} s: see {self.root / 'server.log'}")
+
+    def stop(self) -> None:
+        """Kill the server and its workers at once (SIGKILL: a crash, not a clean shutdown)."""
+        import signal
+
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self.process = None
+
+
+class ServerOutage(Callback):
+    """Test callback: kills the tracking server (SIGKILL, as a crash) after each optimiser step in ``kill_at`` and
+    starts it again, on the same port and store, after each step in ``restart_at``."""
+
+    def __init__(self, root: str, port: int, kill_at: list[int], restart_at: list[int]) -> None:
+        self.server = MlflowServer(Path(root), port)
+        self.kill_at, self.restart_at = set(kill_at), set(restart_at)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step in self.kill_at:
+            kill_server_on(self.server.port)
+        elif trainer.global_step in self.restart_at:
+            self.server.start()
+
+
+def kill_server_on(port: int) -> None:
+    """SIGKILL the process group of whatever ``mlflow server`` listens on ``port`` (found by its command line)."""
+    import signal
+
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if "server" in cmdline and "--port" in cmdline and str(port) in cmdline and any("mlflow" in c for c in cmdline):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
+
+
+def execute_notebook(path: Path, workdir: Path, env: dict[str, str] | None = None, timeout: int = 600) -> list[dict[str, Any]]:
+    """Execute a jupytext ``.py`` notebook in a fresh kernel (nbclient) with ``env`` set for the kernel and
+    ``workdir`` as its working directory; returns the outputs of its code cells (errors raise)."""
+    import jupytext
+    from nbclient import NotebookClient
+
+    notebook = jupytext.read(path)
+    with environment(env):  # the kernel inherits this process's environment
+        NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+    return [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]

@@ -42,6 +42,9 @@ from jepa_platform.errors import CheckpointError, JepaError, one_line
 from jepa_platform.launch import global_rank, rank_overrides
 from jepa_platform.settings import check_run_settings
 from jepa_platform.tracking import RunLogger, check_tracking_uri, install_signal_handlers
+from jepa_platform.tracking.logger import git_state
+from jepa_platform.tracking.outbox import OUTBOX_DIR
+from jepa_platform.tracking.sweeps import sweep_tags
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +61,9 @@ for pattern in (
 
 
 class RunRecorder(Callback):
-    """Records the resolved config in MLflow (flattened params and a YAML artifact) and leaves a pointer to the
-    MLflow run in the run directory, so that resuming and ``jepa eval`` find the run.
+    """Records the resolved config in MLflow (flattened params and a YAML artifact), the source's git commit and dirty
+    flag and the objective's name as tags, and leaves a pointer to the MLflow run in the run directory, so that
+    resuming and ``jepa eval`` find the run.
 
     A resumed run keeps the run directory's ``config.yaml`` (the config that built the checkpoints) and tags in MLflow
     only the values that really changed (``resume.<key>``), compared with that file rather than with MLflow's
@@ -68,8 +72,8 @@ class RunRecorder(Callback):
     #: keys that differ on every resume by construction (recorded in ``resume.<n>.*`` tags instead)
     PER_ATTEMPT = ("ckpt_path",)
 
-    def __init__(self, config: dict[str, Any], output_dir: Path, resumed: bool, previous: dict[str, Any] | None = None) -> None:
-        self.config, self.output_dir, self.resumed, self.previous = config, output_dir, resumed, previous
+    def __init__(self, config: dict[str, Any], output_dir: Path, resumed: bool, objective: str, previous: dict[str, Any] | None = None) -> None:
+        self.config, self.output_dir, self.resumed, self.previous, self.objective = config, output_dir, resumed, previous, objective
 
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -82,7 +86,8 @@ class RunRecorder(Callback):
             return
         client, run_id = logger.experiment, logger.run_id
         params = {k: str(v)[:6000] for k, v in flatten(self.config).items()}
-        existing = client.get_run(run_id).data.params if self.resumed else {}
+        run = client.get_run(run_id) if self.resumed else None
+        existing = run.data.params if run else {}
         logger.log_hyperparams({k: v for k, v in params.items() if k not in existing})
         if self.resumed:
             before = {k: str(v)[:6000] for k, v in flatten(self.previous).items()} if self.previous is not None else existing
@@ -93,6 +98,10 @@ class RunRecorder(Callback):
                     client.set_tag(run_id, f"resume.{key}", value[:5000])
         client.log_artifact(run_id, str(config_file), artifact_path=f"config/{self.output_dir.name}")
         client.set_tag(run_id, "run_dir", str(self.output_dir))
+        tags = run.data.tags if run else {}
+        for key, value in {**git_state(), "jepa.objective": self.objective}.items():  # a resume from other code: resume.<tag>
+            if tags.get(key) != value:
+                client.set_tag(run_id, f"resume.{key}" if key in tags else key, value)
         info = {"run_id": run_id, "experiment_id": logger.experiment_id, "tracking_uri": logger._tracking_uri}
         (self.output_dir / RUN_INFO).write_text(json.dumps(info, indent=2))
 
@@ -137,11 +146,28 @@ def _build_logger(cfg: DictConfig, ckpt_path: Path | None) -> Any:
     target = str(cfg.logger._target_)
     if previous and ("mlflow" in target.lower() or target.endswith("RunLogger")):
         extra["run_id"] = previous["run_id"]
-    if target.endswith("RunLogger") and ckpt_path is not None:
-        extra.update(resume_step=checkpoint_step(ckpt_path), resume_checkpoint=str(ckpt_path))
+    if target.endswith("RunLogger"):
+        extra["outbox_dir"] = str(Path(cfg.paths.output_dir).resolve() / OUTBOX_DIR)
+        if ckpt_path is not None:
+            extra.update(resume_step=checkpoint_step(ckpt_path), resume_checkpoint=str(ckpt_path))
+        else:  # a sweep's job: a child of the sweep's parent run
+            tags = sweep_tags(str(cfg.logger.get("tracking_uri")))
+            if tags:
+                extra["tags"] = {**(cfg.logger.get("tags") or {}), **tags}
     if cfg.logger.get("tracking_uri"):
         check_tracking_uri(str(cfg.logger.tracking_uri), float(cfg.logger.get("connect_timeout", 15)))
     return build(cfg.logger, "logger", **extra)
+
+
+def _objective_name(cfg: DictConfig) -> str:
+    """The objective's config name (``vicreg``) when Hydra composed the run, else its class name."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("objective")
+        if choice:
+            return str(choice)
+    return str(cfg.objective.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
 def run_train(cfg: DictConfig) -> dict[str, float]:
@@ -165,7 +191,7 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     callbacks = _instantiate_callbacks(cfg.get("callbacks"))  # before the logger: a bad callback touches no run
     install_signal_handlers()
     logger = _build_logger(cfg, ckpt_path)
-    recorder = RunRecorder(config, output_dir, resumed=ckpt_path is not None, previous=previous_config)
+    recorder = RunRecorder(config, output_dir, ckpt_path is not None, _objective_name(cfg), previous=previous_config)
     callbacks = [*callbacks, RNGStates(), recorder]
     if not logger:  # nothing to record learning rates into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,32 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(config.stash.get(PLUGIN_DIR, ""), ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def migrated_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A new SQLite MLflow store starts as a copy of one empty store migrated once per session: MLflow builds a new
+    store by running its whole schema migration history (about a second each), which in-process tests would pay for
+    every run directory they create. Stores that cannot be created (a path under a file, a read-only directory)
+    still reach MLflow's own code, and so do the stores of subprocesses and of ``mlflow server``."""
+    from mlflow.store.tracking import sqlalchemy_store
+
+    template = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    sqlalchemy_store.SqlAlchemyStore(f"sqlite:///{template}", str(template.parent / "artifacts"))
+    original = sqlalchemy_store.SqlAlchemyStore.__init__
+
+    def init(self, db_uri: str, default_artifact_root: str, *args, **kwargs) -> None:
+        path = Path(db_uri.removeprefix("sqlite:///")) if db_uri.startswith("sqlite:///") else None
+        if path is not None and not path.exists():
+            with contextlib.suppress(OSError):  # MLflow itself then says why the store cannot be created
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if os.access(path.parent, os.W_OK):
+                    shutil.copyfile(template, path)
+        original(self, db_uri, default_artifact_root, *args, **kwargs)
+
+    sqlalchemy_store.SqlAlchemyStore.__init__ = init
+    yield
+    sqlalchemy_store.SqlAlchemyStore.__init__ = original
 
 
 @pytest.fixture(scope="session")

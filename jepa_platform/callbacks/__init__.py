@@ -1,6 +1,8 @@
 """Lightning callbacks shared by every objective: checkpoints, guards, progress, and evaluation (probe, kNN,
-statistics) that objectives opt into by exposing features."""
+statistics) that objectives opt into by exposing features, and the figures, model and system metrics a run leaves in
+MLflow."""
 
+from jepa_platform.callbacks.artifacts import EmbeddingPlots, EncoderModel, SystemMonitor
 from jepa_platform.callbacks.checkpoint import ModelCheckpoint
 from jepa_platform.callbacks.data import DataHealth
 from jepa_platform.callbacks.evaluation import EmbeddingMonitor, KNNMonitor, OnlineProbe
@@ -12,12 +14,15 @@ __all__ = [
     "CollapseMonitor",
     "DataHealth",
     "EmbeddingMonitor",
+    "EmbeddingPlots",
+    "EncoderModel",
     "EpochSummary",
     "KNNMonitor",
     "ModelCheckpoint",
     "NonFiniteGuard",
     "OnlineProbe",
     "RNGStates",
+    "SystemMonitor",
     "TrainingDiverged",
     "batch_samples",
 ]

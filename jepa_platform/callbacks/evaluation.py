@@ -7,6 +7,9 @@ An objective exposes, on each training and validation step, the detached tensors
   the objective's representation (``val/probe_acc``, ``val/knn_acc``, ``val/repr/*``); any other name ``n`` (an
   H-JEPA level) gets ``val/<n>/probe_acc`` and ``val/<n>/*``. Widths are declared by ``feature_widths()``.
 - ``stats``: named training embeddings for the ``<name>/*`` statistics (``repr``, ``emb``, ``level1``...).
+- ``pairs``: positive pairs (two views) of a ``stats`` group, for its ``<name>/alignment``.
+- ``energies``: per-sample energies ``(B,)``, one entry per level, for the energy histograms of
+  :class:`jepa_platform.callbacks.artifacts.EmbeddingPlots`.
 
 The callbacks below read them after the step; an objective that exposes nothing (a world model without labels)
 simply gets no such metrics, and carries none of the machinery. Why callbacks and not the base class: a second
@@ -27,6 +30,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from jepa_platform.metrics.alignment import AlignmentUniformity
 from jepa_platform.metrics.embedding import EmbeddingStats, embedding_stats
 from jepa_platform.metrics.knn import KNNAccuracy
 
@@ -36,7 +40,7 @@ MAIN = "features"
 
 
 def exposed(pl_module: L.LightningModule, kind: str) -> dict[str, Tensor]:
-    """The tensors of ``kind`` (``features`` or ``stats``) the objective exposed on its last step (empty if none)."""
+    """What the objective exposed of ``kind`` (``features``, ``stats``, ``pairs``, ``energies``) on its last step."""
     return dict(getattr(pl_module, "exposed", {}).get(kind, {}))
 
 
@@ -170,9 +174,14 @@ class KNNMonitor(Callback):
 
 
 class EmbeddingMonitor(Callback):
-    """Representation statistics (:mod:`jepa_platform.metrics.embedding`): ``<name>/*`` of the exposed training
-    embeddings every ``every_n_steps`` optimiser steps, and ``val/repr/*`` (``val/<name>/*``) accumulated exactly
-    over the whole validation set and all ranks.
+    """Representation statistics (:mod:`jepa_platform.metrics.embedding`, :mod:`jepa_platform.metrics.alignment`):
+    ``<name>/*`` of the exposed training embeddings every ``every_n_steps`` optimiser steps, and ``val/repr/*``
+    (``val/<name>/*``) accumulated exactly over the whole validation set and all ranks.
+
+    ``<name>/uniformity`` and ``<name>/alignment`` (when the objective exposes positive pairs: two views) are those of
+    the global training batch (all ranks' samples gathered on logging steps); ``val/repr/uniformity`` is over every
+    pair of the validation set (the first 4096 samples of each rank: it costs ``N^2 D``). Validation images come one
+    view each, so alignment is a training statistic only.
 
     Args:
         every_n_steps: how often the training statistics are logged; ``None`` follows ``trainer.log_every_n_steps``.
@@ -182,13 +191,18 @@ class EmbeddingMonitor(Callback):
     def __init__(self, every_n_steps: int | None = None, dead_threshold: float = 1e-3) -> None:
         self.every_n_steps, self.dead_threshold = every_n_steps, dead_threshold
         self.val_stats: dict[str, EmbeddingStats] = {}
+        self.val_uniformity: dict[str, AlignmentUniformity] = {}
+        self.train_pairs = AlignmentUniformity()
         self._step = 0
         self._every = every_n_steps or 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._every = self.every_n_steps or trainer.log_every_n_steps
         device = trainer.strategy.root_device
-        self.val_stats = {name: EmbeddingStats(w, self.dead_threshold).to(device) for name, w in feature_widths(pl_module).items()}
+        widths = feature_widths(pl_module)
+        self.val_stats = {name: EmbeddingStats(w, self.dead_threshold).to(device) for name, w in widths.items()}
+        self.val_uniformity = {name: AlignmentUniformity().to(device) for name in widths}
+        self.train_pairs = self.train_pairs.to(device)
 
     def due(self, step: int) -> bool:
         """Whether the training statistics are logged at optimiser step ``step``."""
@@ -200,9 +214,17 @@ class EmbeddingMonitor(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not self.due(self._step):
             return
+        pairs = exposed(pl_module, "pairs")
         for where, z in exposed(pl_module, "stats").items():
             for name, value in embedding_stats(z.detach(), self.dead_threshold).items():
                 pl_module.log(f"{where}/{name}", value, batch_size=z.shape[0])
+            if where in pairs:
+                self.train_pairs.update(*pairs[where])
+            else:
+                self.train_pairs.update(z)
+            for name, value in self.train_pairs.compute().items():  # gathers every rank's samples
+                pl_module.log(f"{where}/{name}", value, batch_size=z.shape[0])
+            self.train_pairs.reset()
 
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -212,10 +234,12 @@ class EmbeddingMonitor(Callback):
         for name, f in exposed(pl_module, "features").items():
             if name in self.val_stats:
                 self.val_stats[name].update(f)
+                self.val_uniformity[name].update(f)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for name, metric in self.val_stats.items():
             if not trainer.sanity_checking and (metric.n > 1 or trainer.world_size > 1):
-                for stat, value in metric.compute().items():
+                for stat, value in {**metric.compute(), **self.val_uniformity[name].compute()}.items():
                     pl_module.log(_val_name(name, stat, "repr"), value)
             metric.reset()
+            self.val_uniformity[name].reset()

@@ -171,19 +171,28 @@ def multiview_invariance(embeddings: Tensor, num_global: int | None = None) -> T
 PREDICTION_LOSSES = ("smooth_l1", "l2", "l1")
 
 
+_ELEMENTWISE = {"smooth_l1": F.smooth_l1_loss, "l2": F.mse_loss, "l1": F.l1_loss}
+
+
+def _prediction_loss(pred: Tensor, target: Tensor, kind: str, reduction: str) -> Tensor:
+    if pred.shape != target.shape:
+        raise ValueError(f"predictions {tuple(pred.shape)} and targets {tuple(target.shape)} must have the same shape")
+    if kind not in _ELEMENTWISE:
+        raise ValueError(f"prediction loss {kind!r} is not one of {', '.join(PREDICTION_LOSSES)}")
+    return _ELEMENTWISE[kind](pred, target, reduction=reduction)
+
+
 def masked_prediction(pred: Tensor, target: Tensor, kind: str = "smooth_l1") -> Tensor:
     """Mean distance between predicted and target token representations (the JEPA energy of observed pairs).
 
     ``kind``: ``smooth_l1`` (I-JEPA, beta = 1), ``l2`` (mean squared error) or ``l1`` (V-JEPA)."""
-    if pred.shape != target.shape:
-        raise ValueError(f"predictions {tuple(pred.shape)} and targets {tuple(target.shape)} must have the same shape")
-    if kind == "smooth_l1":
-        return F.smooth_l1_loss(pred, target)
-    if kind == "l2":
-        return F.mse_loss(pred, target)
-    if kind == "l1":
-        return F.l1_loss(pred, target)
-    raise ValueError(f"prediction loss {kind!r} is not one of {', '.join(PREDICTION_LOSSES)}")
+    return _prediction_loss(pred, target, kind, "mean")
+
+
+def masked_prediction_per_sample(pred: Tensor, target: Tensor, kind: str = "smooth_l1") -> Tensor:
+    """:func:`masked_prediction` of each sample ``(B,)`` (its mean over the batch is the batch's energy when every
+    sample has the same number of targets)."""
+    return _prediction_loss(pred, target, kind, "none").flatten(1).mean(dim=1)
 
 
 def normalised_targets(h: Tensor) -> Tensor:

@@ -31,8 +31,8 @@ def _rank_from_eigvals(eig: Tensor, eps: float = 1e-7) -> Tensor:
     return torch.exp(-(p * p.log()).sum())
 
 
-def stats_from_moments(n: Tensor, total: Tensor, gram: Tensor, dead_threshold: float = 1e-3) -> dict[str, Tensor]:
-    """Statistics of Z from its count, column sums and Gram matrix."""
+def _statistics(n: Tensor, total: Tensor, gram: Tensor, dead_threshold: float) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """The statistics, the correlation matrix and the singular values of Z (descending) from its moments."""
     if n < 2:
         raise ValueError("embedding statistics need at least 2 samples")
     mean = total / n
@@ -43,19 +43,22 @@ def stats_from_moments(n: Tensor, total: Tensor, gram: Tensor, dead_threshold: f
     corr = cov / torch.outer(std, std).clamp_min(1e-12)
     off = corr - torch.diag_embed(torch.diagonal(corr))
     cov_offdiag = (off.pow(2).sum() / max(d * (d - 1), 1)).sqrt()
+    # a diverged run's NaN/Inf would make eigvalsh raise: its rank is NaN instead (no host sync to find out)
+    eig = torch.linalg.eigvalsh(torch.where(finite, gram, torch.eye(d, dtype=gram.dtype, device=gram.device)))
     stats = {
         "std_mean": std.mean(),
         "std_min": std.min(),
         "dead_dims_frac": (std < dead_threshold).double().mean(),
         "cov_offdiag": cov_offdiag,
-        # a diverged run's NaN/Inf would make eigvalsh raise: its rank is NaN instead (no host sync to find out)
-        "rank": torch.where(
-            finite,
-            _rank_from_eigvals(torch.linalg.eigvalsh(torch.where(finite, gram, torch.eye(d, dtype=gram.dtype, device=gram.device)))),
-            torch.nan,
-        ),
+        "rank": torch.where(finite, _rank_from_eigvals(eig), torch.nan),
     }
-    return {k: v.float() for k, v in stats.items()}
+    singular_values = eig.flip(0).clamp_min(0).sqrt()
+    return {k: v.float() for k, v in stats.items()}, corr, singular_values
+
+
+def stats_from_moments(n: Tensor, total: Tensor, gram: Tensor, dead_threshold: float = 1e-3) -> dict[str, Tensor]:
+    """Statistics of Z from its count, column sums and Gram matrix."""
+    return _statistics(n, total, gram, dead_threshold)[0]
 
 
 def embedding_stats(z: Tensor, dead_threshold: float = 1e-3) -> dict[str, Tensor]:
@@ -69,13 +72,18 @@ def effective_rank(z: Tensor) -> Tensor:
 
 
 class EmbeddingStats(Metric):
-    """Accumulates embedding moments over batches (and ranks) and computes :func:`stats_from_moments`."""
+    """Accumulates embedding moments over batches (and ranks) and computes :func:`stats_from_moments`.
+
+    Each ``compute`` also leaves, on the CPU, what plots need: ``spectrum`` (the singular values of Z, whose entropy
+    is ``rank``) and ``correlation`` (the correlation matrix of the first ``plot_dims`` dimensions)."""
 
     full_state_update = False
 
-    def __init__(self, dim: int, dead_threshold: float = 1e-3, **kwargs) -> None:
+    def __init__(self, dim: int, dead_threshold: float = 1e-3, plot_dims: int = 128, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.dead_threshold = dead_threshold
+        self.dead_threshold, self.plot_dims = dead_threshold, plot_dims
+        self.spectrum: Tensor | None = None
+        self.correlation: Tensor | None = None
         self.add_state("n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("total", torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("gram", torch.zeros(dim, dim, dtype=torch.float64), dist_reduce_fx="sum")
@@ -87,4 +95,7 @@ class EmbeddingStats(Metric):
         self.gram += gram
 
     def compute(self) -> dict[str, Tensor]:
-        return stats_from_moments(self.n, self.total, self.gram, self.dead_threshold)
+        stats, corr, singular_values = _statistics(self.n, self.total, self.gram, self.dead_threshold)
+        self.spectrum = singular_values.float().cpu()
+        self.correlation = corr[: self.plot_dims, : self.plot_dims].float().cpu()
+        return stats

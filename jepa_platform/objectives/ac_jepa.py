@@ -162,11 +162,12 @@ class ACJEPA(Objective):
         return {}
 
     def losses(self, frames: Tensor, actions: Tensor, states: Tensor | None) -> tuple[LossOutput, Tensor, Tensor]:
-        """The loss, the one-step energy, and the frame embeddings ``(B, L, D)`` of one clip batch."""
+        """The loss, the one-step energy of each clip ``(B,)``, and the frame embeddings ``(B, L, D)`` of one clip batch."""
         hp = self.hparams
         z = self.encode(frames)  # (B, L, D)
         targets = z[:, 1:].detach() if hp.stop_grad_targets else z[:, 1:]
-        one_step = F.mse_loss(self.predictor(z[:, :-1], actions), targets)
+        predictions = self.predictor(z[:, :-1], actions)
+        one_step = F.mse_loss(predictions, targets)
         steps = min(hp.rollout_steps or actions.shape[1], actions.shape[1])
         rollout = F.mse_loss(self.predictor.rollout(z[:, 0], actions[:, :steps]), targets[:, :steps])
         terms = {"prediction": one_step, "rollout": rollout}
@@ -183,15 +184,16 @@ class ACJEPA(Objective):
             state_loss = F.mse_loss(self.state_head(z.detach()), states / hp.state_scale)
             terms["state_head"] = state_loss
             total = total + state_loss
-        return LossOutput(total, terms), one_step.detach(), z
+        per_clip = (predictions.detach() - targets.detach()).pow(2).flatten(1).mean(dim=1)
+        return LossOutput(total, terms), per_clip, z
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         frames, actions = self._clip(batch)
-        out, energy, z = self.losses(frames, actions, batch.get("states"))
+        out, per_clip, z = self.losses(frames, actions, batch.get("states"))
         bs = frames.shape[0]
-        self.log_loss(out, energy, bs)
+        self.log_loss(out, per_clip.mean(), bs)
         flat = z.detach().flatten(0, 1)
-        self.expose({"features": z[:, 0]}, {"repr": flat, "emb": flat})
+        self.expose({"features": z[:, 0]}, {"repr": flat, "emb": flat}, energies={"prediction": per_clip})
         return out.total
 
     # -- validation -------------------------------------------------------------------------------------------------

@@ -140,12 +140,21 @@ class Objective(L.LightningModule):
         """Widths of the feature sets this objective exposes (see :mod:`jepa_platform.callbacks.evaluation`)."""
         return {"features": self.feature_dim}
 
-    def expose(self, features: Mapping[str, Tensor] | None = None, stats: Mapping[str, Tensor] | None = None) -> None:
-        """Hand this step's detached representations (``features``) and training embeddings (``stats``) to the
-        evaluation callbacks; they read them after the step."""
+    def expose(
+        self,
+        features: Mapping[str, Tensor] | None = None,
+        stats: Mapping[str, Tensor] | None = None,
+        pairs: Mapping[str, tuple[Tensor, Tensor]] | None = None,
+        energies: Mapping[str, Tensor] | None = None,
+    ) -> None:
+        """Hand this step's detached tensors to the evaluation callbacks, which read them after the step:
+        representations (``features``), training embeddings (``stats``), positive pairs of a ``stats`` group
+        (``pairs``: two views, for alignment) and per-sample energies ``(B,)`` (``energies``: one entry per level)."""
         self.exposed = {
             "features": {k: v.detach() for k, v in (features or {}).items()},
             "stats": {k: v.detach() for k, v in (stats or {}).items()},
+            "pairs": {k: (a.detach(), b.detach()) for k, (a, b) in (pairs or {}).items()},
+            "energies": {k: v.detach() for k, v in (energies or {}).items()},
         }
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -252,6 +261,11 @@ class JointEmbeddingObjective(SelfSupervisedObjective):
         """``train/energy``: the prediction error on observed pairs; by default the term named ``energy_term``."""
         return loss.terms[self.energy_term] if self.energy_term else None
 
+    def pair_energy(self, z1: Tensor, z2: Tensor) -> Tensor:
+        """Per-sample energy ``(B,)`` of two views' embeddings in the loss space (for the energy histogram): the
+        mean squared difference over dimensions by default, whose batch mean is the invariance term."""
+        return (z1 - z2).float().pow(2).mean(dim=-1)
+
     def loss_space(self, z: Tensor) -> Tensor:
         """The embeddings as the loss sees them, for the ``emb/*`` statistics (e.g. normalised or standardised)."""
         return z
@@ -282,5 +296,11 @@ class JointEmbeddingObjective(SelfSupervisedObjective):
         bs = views[0].shape[0]
         # Gathered terms are equal on every rank; local ones (InfoNCE anchors, invariance) are averaged here.
         self.log_loss(out, self.energy(out, embs), bs)
-        self.expose({"features": reps[0]}, {"repr": reps[0], "emb": self.loss_space(embs[0].detach())})
+        z1, z2 = (self.loss_space(e.detach()) for e in embs[:2])
+        self.expose(
+            {"features": reps[0]},
+            {"repr": reps[0], "emb": z1},
+            pairs={"repr": (reps[0], reps[1]), "emb": (z1, z2)},
+            energies={"energy": self.pair_energy(z1, z2)},
+        )
         return out.total

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from jepa_platform.encoders.predictor import MaskedPredictor
-from jepa_platform.losses.functional import LossOutput, masked_prediction, normalised_targets
+from jepa_platform.losses.functional import LossOutput, masked_prediction, masked_prediction_per_sample, normalised_targets
 from jepa_platform.masking.collate import MaskPlan, model_input
 from jepa_platform.masking.samplers import MultiBlockMaskSampler, gather_tokens
 from jepa_platform.objectives.masked import MaskedJEPA
@@ -84,5 +84,6 @@ class EMAJEPA(MaskedJEPA):
         out = LossOutput(prediction + regularisation, {"prediction": prediction, **terms})
         bs = x.shape[0]
         self.log_loss(out, prediction, bs)
-        self.expose({"features": features}, {"repr": features, "emb": targets.flatten(0, -2)})
+        per_sample = masked_prediction_per_sample(predictions.detach(), targets, self.hparams.loss)
+        self.expose({"features": features}, {"repr": features, "emb": targets.flatten(0, -2)}, energies={"prediction": per_sample})
         return out.total

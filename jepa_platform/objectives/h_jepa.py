@@ -50,7 +50,7 @@ from torchmetrics import MeanMetric
 from jepa_platform.encoders.pos_embed import sincos_grid
 from jepa_platform.encoders.predictor import MaskedPredictor
 from jepa_platform.errors import ConfigError
-from jepa_platform.losses.functional import LossOutput, masked_prediction, normalised_targets
+from jepa_platform.losses.functional import LossOutput, masked_prediction, masked_prediction_per_sample, normalised_targets
 from jepa_platform.masking.collate import MaskPlan, effective_pool, model_input, pooled_grid
 from jepa_platform.masking.samplers import FutureMaskSampler, Grid, MultiBlockMaskSampler, gather_tokens
 from jepa_platform.objectives.base import BANK_LOADER
@@ -211,19 +211,22 @@ class HJEPA(MaskedJEPA):
             h = self.levels[j - 1](h, indices[j], grids[j])
         return h
 
-    def level_energies(self, x: Tensor, masks: Mapping[str, Any], targets: list[Tensor]) -> tuple[list[Tensor], Tensor]:
-        """Each level's prediction loss against ``targets`` (the target stack's representations), and the pooled
-        level-1 context features (for the optional regularisers)."""
+    def level_energies(self, x: Tensor, masks: Mapping[str, Any], targets: list[Tensor]) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """Each level's prediction loss against ``targets`` (the target stack's representations), the same per
+        sample ``(B,)`` (detached, for the energy histogram), and the pooled level-1 context features (for the
+        optional regularisers)."""
         grids, pools = self.level_grids(x), self.level_pools(self.grid(x)[0])
         tokens = self.encoder.embed_tokens(x)
-        energies, context_features = [], None
+        energies, per_sample, context_features = [], [], None
         for k in range(len(self.specs)):
             m = masks[f"level{k + 1}"]
             ctx = self.level_context(k, tokens, m.context, grids, pools)
             pred = self.predictors[k](ctx, m.context, m.targets, grids[k])
-            energies.append(masked_prediction(pred, gather_tokens(normalised_targets(targets[k]), m.targets), self.hparams.loss))
+            target = gather_tokens(normalised_targets(targets[k]), m.targets)
+            energies.append(masked_prediction(pred, target, self.hparams.loss))
+            per_sample.append(masked_prediction_per_sample(pred.detach(), target, self.hparams.loss))
             context_features = ctx.mean(dim=1) if k == 0 else context_features
-        return energies, context_features
+        return energies, per_sample, context_features
 
     # -- training -------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -232,7 +235,7 @@ class HJEPA(MaskedJEPA):
         with torch.no_grad():
             reps = self.stack(x)
             pooled = self.pooled(reps)
-        energies, context_features = self.level_energies(x, masks, reps)
+        energies, per_sample, context_features = self.level_energies(x, masks, reps)
         terms = {f"level{k + 1}": e for k, e in enumerate(energies)}
         total = sum(s.weight * e for s, e in zip(self.specs, energies, strict=True))
         regs, regularisation = self.regularisers(context_features)
@@ -243,7 +246,11 @@ class HJEPA(MaskedJEPA):
             self.log(f"level{k}/energy", e, batch_size=bs, sync_dist=True)
         features = torch.cat(pooled, dim=1)
         levels = {f"level{k}": p for k, p in enumerate(pooled, start=1)}
-        self.expose({"features": features, **levels}, {"repr": features, "emb": normalised_targets(reps[0]).flatten(0, 1), **levels})
+        self.expose(
+            {"features": features, **levels},
+            {"repr": features, "emb": normalised_targets(reps[0]).flatten(0, 1), **levels},
+            energies={f"level{k}": e for k, e in enumerate(per_sample, start=1)},
+        )
         return out.total
 
     # -- validation -----------------------------------------------------------------------------------------------
@@ -255,7 +262,7 @@ class HJEPA(MaskedJEPA):
         pooled = self.pooled(reps)
         self.expose({"features": torch.cat(pooled, dim=1), **{f"level{k}": p for k, p in enumerate(pooled, start=1)}})
         targets = reps if self.hparams.eval_encoder == "target" else self.stack(x)
-        energies, _ = self.level_energies(x, self.batch_masks(batch, x, seed=batch_idx), targets)
+        energies, _, _ = self.level_energies(x, self.batch_masks(batch, x, seed=batch_idx), targets)
         for k, e in enumerate(energies):
             self.val_level_energy[k].update(e, x.shape[0])
 

@@ -47,5 +47,9 @@ class SimCLR(JointEmbeddingObjective):
         with torch.no_grad():
             return (1 - F.cosine_similarity(embeddings[0], embeddings[1], dim=-1)).mean()
 
+    def pair_energy(self, z1: Tensor, z2: Tensor) -> Tensor:
+        """Cosine distance per positive pair (``z1``, ``z2`` are already normalised): ``train/energy`` is its mean."""
+        return 1 - (z1 * z2).float().sum(dim=-1)
+
     def loss_space(self, z: Tensor) -> Tensor:
         return F.normalize(z, dim=-1)

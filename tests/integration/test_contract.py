@@ -13,15 +13,17 @@ import torch
 from hydra.utils import instantiate
 
 from jepa_platform.config import group_options
+from jepa_platform.objectives.base import JointEmbeddingObjective
 from jepa_platform.registry import ENCODERS, OBJECTIVES
-from jepa_platform.testing import build_objective, encoder_overrides, objective_batch
+from jepa_platform.testing import build_objective, encoder_overrides, objective_batch, objective_class
 from jepa_platform.train import run_train
 
 OBJECTIVE_NAMES = OBJECTIVES.names()
 # encoder options: the presets in conf/encoder and every registered encoder that needs no argument
 ENCODER_OPTIONS = [o for o in group_options("encoder") if o != "timm"]
 
-STAT_KEYS = [f"{where}/{stat}" for where in ("repr", "emb", "val/repr") for stat in ("std_mean", "std_min", "dead_dims_frac", "cov_offdiag", "rank")]
+STATS = ("std_mean", "std_min", "dead_dims_frac", "cov_offdiag", "rank", "uniformity")
+STAT_KEYS = [f"{where}/{stat}" for where in ("repr", "emb", "val/repr") for stat in STATS] + ["perf/samples_per_sec"]
 DESIGN_KEYS = ["train/loss", "train/energy", "val/probe_acc", "val/knn_acc", *STAT_KEYS]
 #: world models (objectives with needs_actions) log rollout energies instead of probe and kNN (their data has no labels)
 WORLD_MODEL_KEYS = ["train/loss", "train/energy", "val/rollout_energy/h1", *STAT_KEYS]
@@ -49,6 +51,8 @@ def test_objective_short_run_logs_design_metrics(name: str, make_cfg):
     assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["train/energy"])
     terms = [k for k in metrics if k.startswith("train/loss/")]
     assert terms, f"{name} logs no train/loss/<term>"
+    if issubclass(objective_class((f"objective={name}",)), JointEmbeddingObjective):  # two views: positive pairs
+        assert {"emb/alignment", "repr/alignment"} <= set(metrics), name
 
 
 @pytest.mark.parametrize("name", OBJECTIVE_NAMES)
@@ -56,6 +60,8 @@ def test_every_trainable_parameter_gets_a_gradient(name: str):
     model = build_objective((f"objective={name}",))
     loss = model.training_step(objective_batch(model, 16), 0)
     assert loss.dim() == 0 and torch.isfinite(loss)
+    energies = model.exposed["energies"]  # per-sample energies for the energy histogram
+    assert energies and all(e.shape == (16,) and torch.isfinite(e).all() for e in energies.values()), name
     loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
     assert not no_grad, f"{name}: no finite gradient for {no_grad}"

@@ -7,7 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import install_example_plugin
+import pytest
+from conftest import PLUGIN_DIR
+
+
+@pytest.fixture
+def site(request: pytest.FixtureRequest) -> Path:
+    """The example plugin, pip-installed with ``--target`` once per session (conftest.py), as a user installs one."""
+    return request.config.stash[PLUGIN_DIR]
 
 
 def _jepa(*args: str, pythonpath: list[Path], cwd: Path, data: Path) -> subprocess.CompletedProcess:
@@ -15,9 +22,7 @@ def _jepa(*args: str, pythonpath: list[Path], cwd: Path, data: Path) -> subproce
     return subprocess.run([sys.executable, "-m", "jepa_platform.cli", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def test_installed_plugin_is_listed_and_trains(tmp_path: Path, data_root: Path):
-    site = tmp_path / "site"
-    install_example_plugin(site)
+def test_installed_plugin_is_listed_and_trains(site: Path, tmp_path: Path, data_root: Path):
     listing = _jepa("list", pythonpath=[site], cwd=tmp_path, data=data_root)
     assert listing.returncode == 0, listing.stderr
     assert "simsiam" in listing.stdout and "[plugin: jepa-plugin-example]" in listing.stdout
@@ -37,14 +42,12 @@ def test_without_the_plugin_its_name_is_a_clear_error(tmp_path: Path, data_root:
     assert run.stderr.strip().splitlines()[-1].startswith("error: unknown objective 'simsiam'")
 
 
-def test_a_broken_plugin_warns_and_the_rest_still_work(tmp_path: Path, data_root: Path):
+def test_a_broken_plugin_warns_and_the_rest_still_work(site: Path, tmp_path: Path, data_root: Path):
     broken = tmp_path / "broken"
     dist = broken / "brokenplug-1.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[jepa_platform.objectives]\nbroken = brokenplug_missing:Objective\n")
-    site = tmp_path / "site"
-    install_example_plugin(site)
     listing = _jepa("list", pythonpath=[broken, site], cwd=tmp_path, data=data_root)
     assert listing.returncode == 0
     assert "skipping objective plugin 'broken' from brokenplug" in listing.stderr

@@ -174,18 +174,9 @@ def test_plan_refuses_a_run_that_is_not_a_world_model(tmp_path: Path, data_root:
 
 
 def test_notebook_runs_at_tiny_size(tmp_path: Path):
-    import jupytext
-    from nbclient import NotebookClient
+    from jepa_platform.testing import execute_notebook
 
-    notebook = jupytext.read(Path(__file__).resolve().parents[2] / "notebooks" / "world_model.py")
-    import os
-
-    os.environ.update(NOTEBOOK_SIZE="tiny", NOTEBOOK_WORKDIR=str(tmp_path))
-    try:
-        NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        for key in ("NOTEBOOK_SIZE", "NOTEBOOK_WORKDIR"):
-            os.environ.pop(key, None)
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    notebook = Path(__file__).resolve().parents[2] / "notebooks" / "world_model.py"
+    outputs = execute_notebook(notebook, tmp_path, {"NOTEBOOK_SIZE": "tiny", "NOTEBOOK_WORKDIR": str(tmp_path)})
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the plans and the energy landscape

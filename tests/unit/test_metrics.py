@@ -76,3 +76,64 @@ def test_slow_feature_analysis_finds_the_slow_direction():
     assert slowness[0] < 0.1 * slowness[1]
     weights = slow_weights(slowness, 1.0)
     assert weights[0] > weights[1] and torch.isclose(weights.pow(2).mean(), torch.tensor(1.0))
+
+
+def test_alignment_and_uniformity_of_known_embeddings():
+    from jepa_platform.metrics.alignment import AlignmentUniformity, alignment, uniformity
+
+    g = torch.Generator().manual_seed(0)
+    spread = torch.randn(2000, 256, generator=g)
+    assert uniformity(spread).item() == pytest.approx(-4.0, abs=0.1)  # ||a - b||^2 concentrates at 2 in high dimensions
+    assert uniformity(torch.ones(50, 8)).item() == pytest.approx(0.0, abs=1e-6)  # one point
+    assert alignment(spread, spread).item() == pytest.approx(0.0, abs=1e-6)
+    assert alignment(spread, torch.randn(2000, 256, generator=g)).item() == pytest.approx(2.0, abs=0.05)
+    whole, parts = AlignmentUniformity(), AlignmentUniformity()
+    a, b = spread[:300, :16], spread[:300, :16] + 0.3 * torch.randn(300, 16, generator=g)
+    whole.update(a, b)
+    for i in range(0, 300, 70):  # batches (or ranks) add up to the statistics of the concatenation
+        parts.update(a[i : i + 70], b[i : i + 70])
+    got, want = parts.compute(), whole.compute()
+    assert got["alignment"].item() == pytest.approx(want["alignment"].item(), rel=1e-6)
+    assert got["uniformity"].item() == pytest.approx(want["uniformity"].item(), rel=1e-6)
+    assert want["uniformity"].item() == pytest.approx(uniformity(torch.cat([a, b])).item(), rel=1e-6)
+    single = AlignmentUniformity()
+    single.update(a)
+    assert set(single.compute()) == {"uniformity"}  # no pairs, no alignment
+    capped = AlignmentUniformity(max_samples=100)  # uniformity of the first 100 samples (it costs N^2 D)
+    for i in range(0, 300, 70):
+        capped.update(a[i : i + 70])
+    assert capped.compute()["uniformity"].item() == pytest.approx(uniformity(a[:100]).item(), rel=1e-6)
+    capped.reset()
+    capped.update(a[200:])
+    assert capped.compute()["uniformity"].item() == pytest.approx(uniformity(a[200:]).item(), rel=1e-6)
+
+
+def test_accumulated_stats_leave_the_spectrum_and_correlation_for_plots():
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(400, 6, generator=g) @ torch.diag(torch.tensor([5.0, 3, 1, 0.5, 0.1, 0.01]))
+    metric = EmbeddingStats(6)
+    metric.update(z)
+    stats = metric.compute()
+    sv = metric.spectrum.double()
+    assert torch.all(sv[:-1] >= sv[1:])  # descending
+    assert torch.allclose(sv, torch.linalg.svdvals(z.double()), rtol=1e-4)
+    p = sv / sv.sum() + 1e-7
+    assert torch.exp(-(p * p.log()).sum()).item() == pytest.approx(stats["rank"].item(), rel=1e-4)
+    assert metric.correlation.shape == (6, 6) and torch.allclose(torch.diagonal(metric.correlation), torch.ones(6), atol=1e-5)
+
+
+def test_figures_are_small_pngs(tmp_path):
+    import numpy as np
+
+    from jepa_platform.tracking import figures
+
+    g = np.random.default_rng(0)
+    made = [
+        figures.save(figures.correlation_heatmap(np.corrcoef(g.normal(size=(64, 500)))), tmp_path / "corr.png"),
+        figures.save(figures.singular_value_spectrum(np.sort(g.random(64))[::-1], 12.3), tmp_path / "sv.png"),
+        figures.save(figures.energy_histogram({"level1": g.random(1000), "level2": 2 * g.random(1000)}), tmp_path / "e.png"),
+        figures.save(figures.level_energies({"level1": [(0, 1.0), (1, 0.5)], "level2": [(0, 2.0), (1, 1.5)]}), tmp_path / "lv.png"),
+        figures.save(figures.band_curves({"a": [([0, 1, 2], [0, 1, 2]), ([0, 1, 2], [1, 2, 3])]}, "step", "acc"), tmp_path / "b.png"),
+    ]
+    for path in made:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 120_000

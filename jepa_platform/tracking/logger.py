@@ -11,7 +11,10 @@
   (:func:`mark_dead_runs`); each resume is tagged ``resume.<n>.*`` with the checkpoint, its step and the status
   the run had;
 * **fail fast**: an unreachable tracking server or an unwritable store is a one-line error before any training
-  (:meth:`RunLogger.connect`), within ``connect_timeout`` seconds.
+  (:meth:`RunLogger.connect`), within ``connect_timeout`` seconds;
+* **nothing lost mid-run**: once the run has started, a store that goes away does not stop training: writes wait
+  in the run directory's outbox and are delivered exactly once when the store returns, or by ``jepa sync``
+  (:mod:`jepa_platform.tracking.outbox`).
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from jepa_platform.errors import ConfigError
 from jepa_platform.settings import unwritable
+from jepa_platform.tracking.outbox import Outbox, OutboxClient
 
 log = logging.getLogger(__name__)
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
@@ -97,16 +102,59 @@ class RunLogger(MLFlowLogger):
         connect_timeout: seconds to wait for a tracking server before failing (one line, before training).
         resume_step: the ``global_step`` of the checkpoint a resumed run starts from (``None``: a new run).
         resume_checkpoint: that checkpoint's path, recorded as a tag.
-        **kwargs: ``MLFlowLogger``'s arguments (``experiment_name``, ``tracking_uri``, ``run_id``...).
+        outbox_dir: where writes wait while the store is unreachable (``None``: no outbox, failures raise).
+        retry_every: seconds between attempts to deliver the outbox while the store is away.
+        request_timeout: seconds one HTTP request to a tracking server may take (MLflow's default is 120).
+        request_retries: retries of a failed HTTP request before it counts as an outage (MLflow's default is 7,
+            with exponential backoff: minutes of stalled training per write while a server is down).
+        **kwargs: ``MLFlowLogger``'s arguments (``experiment_name``, ``tracking_uri``, ``run_id``, ``tags``...).
     """
 
-    def __init__(self, connect_timeout: float = 15.0, resume_step: int | None = None, resume_checkpoint: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        connect_timeout: float = 15.0,
+        resume_step: int | None = None,
+        resume_checkpoint: str | None = None,
+        outbox_dir: str | Path | None = None,
+        retry_every: float = 30.0,
+        request_timeout: float = 10.0,
+        request_retries: int = 1,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.connect_timeout = connect_timeout
         self.resume_step, self.resume_checkpoint = resume_step, resume_checkpoint
+        self.outbox_dir, self.retry_every = (Path(outbox_dir) if outbox_dir else None), retry_every
         self._logged_until: dict[str, int] = {}
         self._previous_status: str | None = None
         self._trained = False
+        self._outbox_client: OutboxClient | None = None
+        if str(self._tracking_uri).startswith(("http://", "https://")):
+            # read by MLflow at each request; a user's own setting wins
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(request_timeout)))
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(int(request_retries)))
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        """The MLflow client; with an outbox, its writes survive outages of the store."""
+        client = MLFlowLogger.experiment.fget(self)
+        if self.outbox_dir is None:
+            return client
+        if self._outbox_client is None:
+            self._outbox_client = OutboxClient(
+                client, Outbox(self.outbox_dir, str(self._tracking_uri), self._run_id), self.retry_every, self._warn_outage
+            )
+        return self._outbox_client
+
+    def _warn_outage(self, exc: BaseException) -> None:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(
+            f"warning: MLflow store {self._tracking_uri} unreachable ({first}); training goes on, records wait in {self.outbox_dir} "
+            f"(retried every {self.retry_every:g} s, or upload later with: jepa sync {self.outbox_dir.parent})",
+            file=sys.stderr,
+        )
 
     @rank_zero_only
     def connect(self) -> None:
@@ -114,6 +162,8 @@ class RunLogger(MLFlowLogger):
         resuming = self._run_id is not None
         try:
             client = self.experiment
+            if isinstance(client, OutboxClient) and client.pending:  # a previous attempt's undelivered records first
+                client.flush()
             run = client.get_run(self.run_id)
         except ConfigError:
             raise
@@ -158,7 +208,17 @@ class RunLogger(MLFlowLogger):
             status = "KILLED"
         elif status != "success" and not self._trained and self._previous_status in TERMINAL:
             status = self._previous_status  # a resume that failed before training leaves the run as it was
-        super().finalize(status)
+        status = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED"}.get(status, status)
+        if self._checkpoint_callback:
+            self._scan_and_log_checkpoints(self._checkpoint_callback)
+        client = self.experiment
+        client.set_terminated(self.run_id, status)  # a write: no read first, which would fail while the store is away
+        if isinstance(client, OutboxClient) and client.pending and not client.flush():
+            print(
+                f"warning: MLflow store {self._tracking_uri} still unreachable: {client.pending} records of run {self.run_id} wait in "
+                f"{self.outbox_dir}; upload them with: jepa sync {self.outbox_dir.parent}",
+                file=sys.stderr,
+            )
 
 
 def logged_steps(client: Any, run_id: str) -> dict[str, int]:
@@ -203,3 +263,20 @@ def log_to_run(run_dir: Path, metrics: dict[str, float], artifacts: Path | None 
     if artifacts is not None:
         client.log_artifacts(info["run_id"], str(artifacts), artifact_path=artifact_path)
     return True
+
+
+def git_state(path: Path | None = None) -> dict[str, str]:
+    """The commit of the source tree that holds this package (or ``path``) and whether it has uncommitted changes,
+    as MLflow tags; ``unknown`` outside a git checkout (an installed wheel)."""
+    import subprocess
+
+    where = path or Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=where, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {"jepa.git.commit": "unknown", "jepa.git.dirty": "unknown"}
+    dirty = str(bool(status.stdout.strip())).lower()
+    return {"jepa.git.commit": commit, "jepa.git.dirty": dirty, "mlflow.source.git.commit": commit}
