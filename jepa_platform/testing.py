@@ -279,9 +279,6 @@ def run_jepa(args: list[str], env: dict[str, str] | None = None) -> subprocess.C
     """``jepa <args>`` in this process, as the command line would run it, without an interpreter's start-up (seconds
     of imports per call in a test suite): environment variables from ``env`` for the call, the exit status, and what
     it printed. Commands that must be a process of their own (signals, multi-process launches) need a subprocess."""
-    import contextlib
-    import io
-
     from hydra.core.global_hydra import GlobalHydra
 
     from jepa_platform import cli

@@ -20,7 +20,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,6 @@ class RunRecord:
     """One run's final values and what groups it."""
 
     run_id: str
-    name: str
     group: str
     seed: str
     values: dict[str, float]
@@ -78,9 +77,6 @@ class Comparison:
 
     rows: list[Row]
     columns: list[str]
-    selection: str
-    group_by: str = "auto"
-    notes: list[str] = field(default_factory=list)
 
     def table(self, fmt: str = "markdown") -> str:
         """The table as ``markdown``, ``csv`` or ``json``."""
@@ -198,7 +194,6 @@ def compare(
             values["wall_s"] = (run.info.end_time - run.info.start_time) / 1000
         record = RunRecord(
             run.info.run_id,
-            run.data.tags.get("mlflow.runName", run.info.run_id[:8]),
             _label(run, group_by, shared),
             run.data.params.get("seed", "?"),
             values,
@@ -211,7 +206,7 @@ def compare(
         raise ConfigError(f"cannot sort by {sort!r}: use one of {', '.join(c for c, _ in COLUMNS)}")
     sign = 1 if sort in LOWER_IS_BETTER else -1
     rows.sort(key=lambda row: (row.mean_std(sort) is None, sign * (row.mean_std(sort) or (0.0, 0.0))[0], row.group))
-    return Comparison(rows, columns, what, group_by)
+    return Comparison(rows, columns)
 
 
 Series = dict[str, list[tuple[list[float], list[float]]]]

@@ -220,7 +220,6 @@ class OutboxClient:
         self._on_outage = on_outage or (
             lambda exc: log.warning("MLflow store unreachable (%s): writes go to %s until it returns", exc, outbox.directory)
         )
-        self.outages = 0
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
@@ -249,7 +248,6 @@ class OutboxClient:
             return None
 
     def _down(self, exc: BaseException) -> None:
-        self.outages += 1
         self._next_try = time.monotonic() + self.retry_every
         self._on_outage(exc)
 
