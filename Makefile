@@ -39,7 +39,9 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# CPU benchmarks, one table (under 10 minutes on 2 cores); the bench extra brings lightly for benchmarks/peer_lightly.py
 bench: install
+	$(BIN)/python -c "import lightly" 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,bench]"
 	$(BIN)/python -m benchmarks.run_all
 
 ui: install

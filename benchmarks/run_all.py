@@ -1,13 +1,46 @@
-"""Run every benchmark (`make bench`)."""
+"""``make bench``: the CPU benchmarks in one run (about 8 minutes on 2 cores), then one summary table of ratios.
 
-from benchmarks import data_throughput, data_vs_compute, planning, scaleout
+Not run here (minutes each, or a question of their own): scaleout.py (DDP vs FSDP2 memory per rank),
+data_throughput.py (224 px ImageNet-style decoding per worker count), data_vs_compute.py, faults.py (kill -9 and
+resume). Run them with ``python -m benchmarks.<name>``.
+"""
 
-if __name__ == "__main__":
-    print("== data_vs_compute ==")
-    data_vs_compute.main([])
-    print("\n== data_throughput ==")
-    data_throughput.main([])
-    print("\n== scaleout (DDP vs FSDP, 2 gloo processes) ==")
-    scaleout.main([])
+from __future__ import annotations
+
+import os
+import platform
+import time
+from datetime import date
+
+import torch
+
+from benchmarks import levers, peer_lightly, planning, step_overhead
+
+
+def main() -> None:
+    started = time.perf_counter()
+    print(f"{date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, no GPU used\n")
+    print("== step_overhead: platform (Lightning, callbacks, MLflow) vs a bare loop, same batches ==")
+    overhead = step_overhead.main([])
+    print("\n== peer_lightly: SimCLR ResNet-18 vs a hand-written lightly loop ==")
+    peer = peer_lightly.main([])
+    print("\n== levers ==")
+    lever_rows = levers.main([])
     print("\n== planning (candidates/s per planner) ==")
     planning.main([])
+
+    print("\n== summary ==")
+    print(f"{'measurement':<70}{'ratio':>8}  target")
+    for row in overhead:
+        print(f"{'platform / bare step time, ' + row['objective']:<70}{row['ratio']:>8.3f}  <= 1.05")
+    print(f"{'platform / lightly samples/s, end to end (augment_on=' + peer['best_augment_on'] + ')':<70}{peer['end_to_end_ratio']:>8.2f}  >= 2")
+    print(f"{'platform / lightly samples/s, model step only':<70}{peer['step_ratio']:>8.2f}")
+    print(f"{'platform end to end / platform model step only':<70}{peer['end_to_end_over_step']:>8.2f}  >= 0.75")
+    print(f"{'platform / lightly peak memory (PSS, end to end)':<70}{peer['memory_ratio']:>8.2f}  <= 1.0")
+    for name, before, after in lever_rows:
+        print(f"{name:<70}{after / before:>8.2f}")
+    print(f"\nmake bench took {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

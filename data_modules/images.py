@@ -2,6 +2,9 @@
 
 Training batches: ``{"views": [Tensor(B, C, H, W)] * (num_views + num_local_crops), "label": Tensor(B)?,
 "__key__": [str], "data_skipped": Tensor()}``; the global views come first, then the local crops (smaller).
+With ``augment_on="device"`` the workers only decode: the loader's batches carry ``"raw"`` uint8 images instead of
+views, and :meth:`ImageDataModule.on_after_batch_transfer` makes the views on the model's device
+(:mod:`data_modules.batched_augment`).
 Evaluation batches: ``{"image": Tensor(B, C, H, W), "label": Tensor(B)}``. The validation loaders are the
 validation split (index 0) and a labelled kNN bank drawn from the training shards (index 1).
 """
@@ -9,13 +12,15 @@ validation split (index 0) and a labelled kNN bank drawn from the training shard
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor
+from torchvision.transforms.v2 import functional as F
 
 from data_modules.decode import decode_image_sample
-from data_modules.streaming import StreamingDataModule
-from jepa_platform.errors import ConfigError
+from data_modules.stream import derive_seed
+from data_modules.streaming import StreamingDataModule, auto_workers
+from jepa_platform.errors import ConfigError, DataError
 
 Transform = Callable[[Tensor], Tensor]
 
@@ -33,6 +38,30 @@ class ImageViews:
         if "label" in sample:
             out["label"] = sample["label"]
         return [out]
+
+
+class RawImages:
+    """One raw sample -> ``{"raw": uint8 (3, H, W), "label"?, "__key__"}`` for views made on the device: images are
+    batched as they are, so they must share one size, or ``raw_size`` resizes (shorter side) and centre-crops them."""
+
+    def __init__(self, label_key: str | None, raw_size: int | None) -> None:
+        self.label_key, self.raw_size = label_key, raw_size
+        self._shape: tuple[int, ...] | None = None
+
+    def __call__(self, raw: dict) -> list[dict[str, Any]]:
+        sample = decode_image_sample(raw, self.label_key)
+        image = sample.pop("image")
+        if self.raw_size:
+            image = F.center_crop(F.resize(image, self.raw_size, antialias=True), [self.raw_size, self.raw_size])
+        elif self._shape is None:
+            self._shape = tuple(image.shape)
+        elif tuple(image.shape) != self._shape:
+            raise DataError(
+                f"data.augment_on=device batches decoded images, which must share one size: {sample['__key__']} is "
+                f"{tuple(image.shape)}, others {self._shape}: set data.raw_size=<side> (resize in the workers) or data.augment_on=workers"
+            )
+        sample["raw"] = image
+        return [sample]
 
 
 class ImageEval:
@@ -62,6 +91,10 @@ class ImageDataModule(StreamingDataModule):
         label_key: field with the integer label (``None``: unlabelled).
         num_classes: label classes for probes; default: the classes in the dataset's manifest.
         knn_bank_size: labelled training samples in the kNN bank loader (0: none).
+        augment_on: where the view augmentations run: ``workers`` (per sample, in the DataLoader workers) or
+            ``device`` (batched on the model's device, translated from the same transforms with kornia).
+        raw_size: with ``augment_on=device``, resize and centre-crop decoded images to this side in the workers
+            (``None``: the images already share one size).
         **kwargs: :class:`~data_modules.streaming.StreamingDataModule` arguments (urls, batch size, epochs...).
     """
 
@@ -78,8 +111,12 @@ class ImageDataModule(StreamingDataModule):
         label_key: str | None = "cls",
         num_classes: int | None = None,
         knn_bank_size: int = 10000,
+        augment_on: Literal["workers", "device"] = "workers",
+        raw_size: int | None = None,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("num_workers") == "auto":
+            kwargs["num_workers"] = auto_workers(decode_only=augment_on == "device")
         super().__init__(urls, **kwargs)
         if isinstance(view_transform, Sequence) and len(view_transform) != num_views:
             raise ConfigError(f"data.view_transform lists {len(view_transform)} transforms for {num_views} views: give one, or one per view")
@@ -92,9 +129,39 @@ class ImageDataModule(StreamingDataModule):
         classes = (self.manifest or {}).get("classes")
         self.num_classes = num_classes if num_classes is not None else (len(classes) if classes else None)
         self.knn_bank_size = knn_bank_size
+        if augment_on not in ("workers", "device"):
+            raise ConfigError(f"data.augment_on={augment_on!r}: use workers (per sample, CPU) or device (batched, kornia)")
+        self.augment_on, self.raw_size = augment_on, raw_size
+        self.batched_views = None
+        if augment_on == "device":
+            from data_modules.batched_augment import BatchedViews  # imports kornia
 
-    def train_process(self) -> ImageViews:
+            names = ["data.view_transform"] * len(globals_) + ["data.local_transform"] * num_local_crops
+            self.batched_views = BatchedViews(self.view_transforms, names)
+        self._device_batches = 0  # batches made into views outside a Trainer (their seed's position)
+
+    def train_process(self) -> ImageViews | RawImages:
+        if self.augment_on == "device":
+            return RawImages(self.label_key, self.raw_size)
         return ImageViews(self.view_transforms, self.label_key)
+
+    def views_seed(self) -> int:
+        """The seed of the next batch's device views: the run's seed, this rank and the batch's place in the epoch plan,
+        so that a resumed run makes the views of the uninterrupted one."""
+        trainer = self.trainer
+        if trainer is None:
+            self._device_batches += 1
+            return derive_seed(self.seed, 0, self._device_batches - 1)
+        batch = trainer.fit_loop.epoch_loop.batch_progress.current.ready  # this batch's index in the epoch (resumes too)
+        return derive_seed(self.seed, trainer.global_rank, trainer.current_epoch, batch)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``augment_on=device``: training batches of ``raw`` uint8 images become ``views`` on their device."""
+        if isinstance(batch, dict) and "raw" in batch and self.batched_views is not None:
+            batch = dict(batch)
+            raw = batch.pop("raw")
+            batch["views"] = self.batched_views.to(raw.device)(raw, self.views_seed())
+        return batch
 
     def eval_process(self) -> ImageEval:
         if self.eval_transform is None:

@@ -7,6 +7,7 @@ Subclasses say how one raw sample becomes training items (``train_process``) and
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -31,6 +32,17 @@ def rank_and_world(trainer: L.Trainer | None) -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def auto_workers(decode_only: bool = False) -> int:
+    """DataLoader workers per rank from the machine: the CPUs this process may use, shared by the node's ranks
+    (``LOCAL_WORLD_SIZE``), less one for the training process itself, at most 8. Workers that only decode (views made
+    on the device) need half as many, none on 2 CPUs. Measured on 2 cores (benchmarks/README.md): more workers than
+    that slow the training process down more than they speed decoding up."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_rank = max(cpus // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1), 1)
+    workers = max(1, min(8, per_rank - 1))
+    return workers // 2 if decode_only else workers  # decoding alone fits in the training process on 2 CPUs
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,7 @@ class StreamingDataModule(L.LightningDataModule):
         val_urls: evaluation shards; ``None`` takes the ``val`` split when ``urls`` is a dataset directory.
         batch_size: per-rank batch size.
         val_batch_size: per-rank evaluation batch size (default: ``batch_size``).
-        num_workers: DataLoader worker processes per rank.
+        num_workers: DataLoader worker processes per rank, or ``"auto"`` (:func:`auto_workers`).
         epoch_mode: ``exact`` (every sample once per epoch, minus a remainder under ``world_size * batch_size``)
             or ``resampled`` (shards drawn with replacement; for unknown shard sizes or endless data).
         batches_per_epoch: explicit per-rank epoch length; wins over ``samples_per_epoch``.
@@ -103,7 +115,7 @@ class StreamingDataModule(L.LightningDataModule):
         val_urls: str | Sequence[str] | None = None,
         batch_size: int = 256,
         val_batch_size: int | None = None,
-        num_workers: int = 2,
+        num_workers: int | str = 2,
         epoch_mode: EpochMode = "exact",
         batches_per_epoch: int | None = None,
         samples_per_epoch: int | None = None,
@@ -117,8 +129,10 @@ class StreamingDataModule(L.LightningDataModule):
             raise ConfigError(f"data.epoch_mode={epoch_mode!r}: use exact or resampled")
         if batch_size < 2:
             raise ConfigError(f"data.batch_size={batch_size}: joint-embedding losses need at least 2 samples per batch")
-        if num_workers < 0:
-            raise ConfigError(f"data.num_workers={num_workers} must be >= 0")
+        if num_workers == "auto":
+            num_workers = auto_workers()
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ConfigError(f"data.num_workers={num_workers!r}: give a number >= 0, or auto")
         self.urls, self.val_urls = urls, val_urls
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.epoch_mode = num_workers, epoch_mode

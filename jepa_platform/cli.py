@@ -32,11 +32,17 @@ commands:
 
 
 def _train(args: list[str]) -> int:
-    from jepa_platform import train
-    from jepa_platform.config import rewrite_trainer_overrides, validate
+    # The config is composed and checked before the training stack (torch, Lightning, MLflow) is imported, so that
+    # help, --cfg and config errors answer at once.
+    from jepa_platform.config import prints_only, rewrite_trainer_overrides, run_app, validate
 
     args = rewrite_trainer_overrides(args)
     validate(args)
+    if prints_only(args):
+        run_app(args, task=lambda cfg: None, load=set())
+        return 0
+    from jepa_platform import train
+
     return train.main(args)
 
 

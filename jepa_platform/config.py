@@ -6,12 +6,14 @@ config once here and turns each kind of mistake into one line that says what to 
 
 from __future__ import annotations
 
+import ast
 import difflib
 import inspect
 import itertools
 import os
 import re
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -55,14 +57,21 @@ def group_options(group: str, conf: Path | None = None) -> list[str]:
 def _registered(group: str) -> list[str]:
     from jepa_platform.registry import REGISTRIES
 
-    return REGISTRIES[group].names() if group in REGISTRIES else []
+    return [d.name for d in REGISTRIES[group].declarations()] if group in REGISTRIES else []
 
 
-def store_registered_configs(conf: Path | None = None) -> None:
+#: (group, name) of generated configs stored with the constructor's defaults (the rest are stand-ins)
+_GENERATED_FULL: set[tuple[str, str]] = set()
+
+
+def store_registered_configs(conf: Path | None = None, load: bool | set[tuple[str, str]] = True) -> set[tuple[str, str]]:
     """Make each registered objective and encoder that has no YAML file in ``conf/`` a group option.
 
     Its config is generated from the constructor (:func:`jepa_platform.registry.default_config`) and put in Hydra's
     ConfigStore, so a plugin works with ``jepa train objective=<name>`` and ``objective.<arg>=...`` out of the box.
+    Generating a config imports the class (torch, Lightning, the plugin): ``load`` says for which (group, name) pairs
+    (``True``: all); the others get a stand-in that only names the class, enough to list and check choices.
+    Returns the generated (group, name) pairs.
     """
     from hydra.core.config_store import ConfigStore
 
@@ -70,11 +79,22 @@ def store_registered_configs(conf: Path | None = None) -> None:
 
     conf = conf or config_dir()
     store = ConfigStore.instance()
+    generated = set()
     for group, registry in REGISTRIES.items():
         files = {p.stem for p in (conf / group).glob("*.yaml")}
-        for entry in registry:
-            if entry.name not in files:
-                store.store(group=group, name=entry.name, node=default_config(entry.cls, wire=group == "objective"))
+        for declared in registry.declarations():
+            key = (group, declared.name)
+            if declared.name in files:
+                continue
+            generated.add(key)
+            if load is True or key in load:
+                if key not in _GENERATED_FULL:
+                    node = default_config(registry.get(declared.name).cls, wire=group == "objective")
+                    store.store(group=group, name=declared.name, node=node)
+                    _GENERATED_FULL.add(key)
+            elif key not in _GENERATED_FULL:
+                store.store(group=group, name=declared.name, node={"_target_": declared.target})
+    return generated
 
 
 def config_groups(conf: Path | None = None) -> list[str]:
@@ -84,7 +104,17 @@ def config_groups(conf: Path | None = None) -> list[str]:
 
 @cache
 def trainer_arguments() -> tuple[str, ...]:
-    from lightning.pytorch import Trainer
+    """The arguments of ``lightning.pytorch.Trainer``, read from its source: importing Lightning takes seconds, and a
+    config check should answer before that."""
+    from jepa_platform.registry import _module_file
+
+    path = _module_file("lightning.pytorch.trainer.trainer")
+    tree = ast.parse(path.read_text(encoding="utf-8")) if path else None
+    for node in ast.walk(tree) if tree else []:
+        if isinstance(node, ast.ClassDef) and node.name == "Trainer":
+            init = next(n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+            return tuple(a.arg for a in [*init.args.args, *init.args.kwonlyargs] if a.arg != "self")
+    from lightning.pytorch import Trainer  # source not found (zipped install): ask the class itself
 
     return tuple(p for p in inspect.signature(Trainer.__init__).parameters if p != "self")
 
@@ -132,15 +162,21 @@ def rewrite_trainer_overrides(args: list[str]) -> list[str]:
     return out
 
 
+def _values(override: Any) -> list[str]:
+    """The option(s) an override names: every value of a sweep, else its one value."""
+    if override.is_delete():
+        return []
+    return list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
+
+
 def _check_group_choices(overrides: list[str], conf: Path) -> None:
     groups = config_groups(conf)
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         if override.package or key not in groups or override.is_delete():
             continue
-        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
         options = group_options(key, conf)
-        for value in values:
+        for value in _values(override):
             if value not in options and value != "null":
                 raise ConfigError(f"unknown {key} '{value}'{_suggest(value, options)}: choose one of {', '.join(options)}")
 
@@ -204,16 +240,48 @@ def explain(exc: BaseException, overrides: list[str], config_name: str = "train"
 def compose_config(overrides: list[str], config_name: str = "train", conf: Path | None = None, output_dir: str = ".") -> DictConfig:
     """Compose a config as ``jepa train`` would, with the Hydra runtime set, for checks, tests and notebooks."""
     conf = conf or config_dir()
-    store_registered_configs(conf)
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    generated = store_registered_configs(conf, load=set())
+    named = {(o.key_or_group, v) for o in OverridesParser.create().parse_overrides(overrides) if not o.package for v in _values(o)}
+    if named & generated:  # options chosen on the command line: their keys may be overridden too
+        store_registered_configs(conf, load=named & generated)
+    cfg = _compose(conf, config_name, overrides)
+    chosen = {(group, cfg.hydra.runtime.choices.get(group)) for group, _ in generated} & generated
+    if chosen:  # a generated config is used: build it from the class's constructor, then compose again
+        store_registered_configs(conf, load=chosen)
+        cfg = _compose(conf, config_name, overrides)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
         if OmegaConf.is_missing(cfg.hydra.runtime, "cwd") or not cfg.hydra.runtime.cwd:
             cfg.hydra.runtime.cwd = os.getcwd()
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+def _compose(conf: Path, config_name: str, overrides: list[str]) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose(config_name, overrides=overrides, return_hydra_config=True)
+
+
+def run_app(args: list[str], task: Callable[[DictConfig], None], load: bool | set[tuple[str, str]] = True) -> None:
+    """Run ``task`` as the Hydra app of ``jepa train`` over ``conf/`` with ``args`` (flags such as ``--help`` and
+    ``--cfg job`` are Hydra's own). ``load``: which generated configs to build (:func:`store_registered_configs`)."""
+    import hydra
+
+    store_registered_configs(load=load)
+
+    @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
+    def _app(cfg: DictConfig) -> None:
+        task(cfg)
+
+    sys.argv = ["jepa-train", *args]
+    _app()
+
+
+def prints_only(args: list[str]) -> bool:
+    """Whether Hydra only prints (help, ``--cfg``, ``--info``) and runs nothing."""
+    flags, _ = split_args(args)
+    return any(f in _INFO_FLAGS or f in ("--cfg", "-c") for f in flags)
 
 
 def validate(args: list[str], config_name: str = "train") -> None:

@@ -1,5 +1,5 @@
 """``jepa list``: the registered objectives, encoders, planners and environments (built-in and plugins), with
-one-line descriptions."""
+one-line descriptions, read from source without importing torch (:meth:`Registry.declarations`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from jepa_platform.registry import BUILTIN, ENCODERS, ENVIRONMENTS, OBJECTIVES, 
 
 
 def _section(title: str, registry: Registry) -> list[str]:
-    entries = list(registry)
+    entries = registry.declarations()
     width = max((len(e.name) for e in entries), default=0) + 2
     lines = [title]
     for e in entries:

@@ -10,16 +10,25 @@ skipped with a warning so that the rest still work; a name registered twice by d
 
 Configs point ``_target_`` at classes; the registry serves ``jepa list``, notebooks, contract tests, and the
 generated config of a registered class that has no YAML file in ``conf/`` (:func:`default_config`).
+
+:meth:`Registry.declarations` answers "which names exist, and what are they" without importing anything: it reads
+the built-ins' decorators and the plugins' classes from their source files. Importing an objective pulls in torch,
+Lightning and timm (several seconds), which ``jepa list``, ``jepa train --help`` and a config error should not wait
+for.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import inspect
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.utils import get_object
@@ -52,6 +61,65 @@ class Entry:
         return " ".join(doc.split("\n\n")[0].split())
 
 
+@dataclass(frozen=True)
+class Declaration:
+    """A registered name read from source, not imported: what ``jepa list`` and config checks need."""
+
+    name: str
+    target: str  # dotted path of the class, as a config's ``_target_`` writes it
+    source: str
+    description: str
+
+
+def _module_file(module: str) -> Path | None:
+    """The source file of ``module`` without importing it or its parent packages (their ``__init__`` may import
+    torch); ``None`` if it cannot be found that way."""
+    top, *rest = module.split(".")
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if not rest:
+        return Path(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
+    for base in spec.submodule_search_locations or []:
+        path = Path(base, *rest)
+        for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+@cache
+def _parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
+def _first_paragraph(doc: str | None) -> str:
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
+
+
+def _class_description(module: str, name: str) -> str | None:
+    """First docstring paragraph of a class defined at the top of ``module``'s source; ``None`` if it is not."""
+    path = _module_file(module)
+    if path is None:
+        return None
+    for node in _parse(path).body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return _first_paragraph(ast.get_docstring(node))
+    return None
+
+
+def _registered_name(decorator: ast.expr, kind: str) -> str | None:
+    """``"x"`` for ``@register_<kind>("x")`` or ``@<registry>.register("x")``."""
+    if not (isinstance(decorator, ast.Call) and decorator.args and isinstance(decorator.args[0], ast.Constant)):
+        return None
+    func = decorator.func
+    called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+    return decorator.args[0].value if called in (f"register_{kind}", "register") else None
+
+
 class Registry:
     """Registered classes of one kind; ``builtins`` is the module whose import registers the built-ins."""
 
@@ -59,6 +127,41 @@ class Registry:
         self.kind, self.group, self.builtins, self.base = kind, group, builtins, base
         self._entries: dict[str, Entry] = {}
         self._discovered = False
+
+    def declarations(self) -> list[Declaration]:
+        """Every name with its class path and description, from source files alone (nothing is imported).
+
+        Built-ins are the classes decorated with ``register_<kind>`` under the built-in package; plugins are the
+        entry points. A plugin class that is not defined at the top of its module (re-exported, generated) is
+        imported to describe it; one whose module cannot be found is skipped with the warning :meth:`discover`
+        gives.
+        """
+        found: dict[str, Declaration] = {}
+        package = _module_file(self.builtins)
+        for path in sorted(package.parent.rglob("*.py")) if package else []:
+            module = ".".join([*self.builtins.split("."), *path.relative_to(package.parent).with_suffix("").parts])
+            module = module.removesuffix(".__init__")
+            for node in ast.walk(_parse(path)):
+                if isinstance(node, ast.ClassDef):
+                    for decorator in node.decorator_list:
+                        name = _registered_name(decorator, self.kind)
+                        if name is not None:
+                            doc = _first_paragraph(ast.get_docstring(node))
+                            found[name] = Declaration(name, f"{module}.{node.name}", BUILTIN, doc)
+        for ep in entry_points(group=self.group):
+            dist = ep.dist.name if ep.dist is not None else "unknown distribution"
+            module, _, attr = ep.value.partition(":")
+            if _module_file(module) is None:
+                warnings.warn(f"skipping {self.kind} plugin '{ep.name}' from {dist}: cannot load {ep.value}: no module named {module}", stacklevel=2)
+                continue
+            description = _class_description(module, attr) if attr and "." not in attr else None
+            if description is None:  # not a plain top-level class: import it to know what it is
+                try:
+                    description = self.get(ep.name).description
+                except RegistryError:
+                    continue
+            found[ep.name] = Declaration(ep.name, f"{module}.{attr}", f"plugin: {dist}", description)
+        return [found[name] for name in sorted(found)]
 
     def register(self, name: str) -> Callable[[T], T]:
         """Class decorator that registers a built-in under ``name``."""

@@ -36,7 +36,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.gradient_clip_val": (lambda v: v is None or (_is_number(v) and v > 0), "a positive number or null"),
     "data.batch_size": (lambda v: _is_int(v) and v >= 2, "an integer >= 2 (joint-embedding losses compare samples)"),
     "data.val_batch_size": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1 or null"),
-    "data.num_workers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "data.num_workers": (lambda v: v == "auto" or (_is_int(v) and v >= 0), "an integer >= 0, or auto (from the machine's CPUs)"),
     "data.max_error_rate": (lambda v: _is_number(v) and 0 <= v <= 1, "a fraction between 0 and 1"),
     "optimizer.lr": (lambda v: _is_number(v) and v > 0, "a positive number"),
     "optimizer.weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),

@@ -15,7 +15,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from hydra.core.global_hydra import GlobalHydra
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
@@ -25,6 +24,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from jepa_platform.callbacks.progress import ProgressBar
 from jepa_platform.callbacks.rng import RNGStates
 from jepa_platform.checkpoints import (
     RUN_INFO,
@@ -37,7 +37,7 @@ from jepa_platform.checkpoints import (
     run_info_for,
     state_shapes,
 )
-from jepa_platform.config import build, compose_config, config_dir, flatten, job_config, split_args, store_registered_configs
+from jepa_platform.config import build, compose_config, flatten, job_config, run_app, split_args
 from jepa_platform.errors import CheckpointError, JepaError, one_line
 from jepa_platform.launch import global_rank, rank_overrides
 from jepa_platform.settings import check_run_settings
@@ -195,6 +195,8 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [*callbacks, RNGStates(), recorder]
     if not logger:  # nothing to record learning rates into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if cfg.trainer.get("enable_progress_bar", True) is not False:
+        callbacks.append(ProgressBar(every_n_steps=int(cfg.trainer.get("log_every_n_steps") or 10)))
     trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     if ckpt_path is not None and is_sharded(ckpt_path) and not isinstance(trainer.strategy, ModelParallelStrategy):
@@ -248,14 +250,12 @@ def resume_overrides(args: list[str]) -> list[str]:
 def main(args: list[str]) -> int:
     """Entry of ``jepa train``: hand the arguments to the Hydra app."""
 
-    store_registered_configs()
     args = [*args, *rank_overrides(args), *resume_overrides(args)]
     # Lightning's launcher (trainer.devices > 1 without torchrun or SLURM) starts the other local ranks by re-running
     # sys.argv with Hydra's run directory appended: give it this command, not the name Hydra parses below.
     launch_argv = [sys.argv[0], "train", *args]
 
-    @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
-    def _app(cfg: DictConfig) -> None:
+    def _task(cfg: DictConfig) -> None:
         sys.argv = launch_argv
         try:
             run_train(cfg)
@@ -263,6 +263,5 @@ def main(args: list[str]) -> int:
             print(f"error: {one_line(exc)}", file=sys.stderr)
             sys.exit(2)
 
-    sys.argv = ["jepa-train", *args]
-    _app()
+    run_app(args, _task)
     return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import importlib
 import os
 import shutil
@@ -31,18 +33,35 @@ def install_example_plugin(target: Path) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
+def example_plugin_site() -> Path:
+    """The example plugin installed once per version of its sources, in a folder of the venv: pip takes seconds, and
+    every test process (pytest-xdist workers too) would otherwise pay them on every run."""
+    built = ("build", "__pycache__")  # what pip leaves in the source folder
+    files = sorted(p for p in EXAMPLE_PLUGIN.rglob("*") if p.is_file() and not set(built) & set(p.parts) and ".egg-info" not in str(p))
+    digest = hashlib.sha256(b"".join(p.relative_to(EXAMPLE_PLUGIN).as_posix().encode() + p.read_bytes() for p in files)).hexdigest()[:16]
+    cache = Path(sys.prefix) / "jepa-test-cache"
+    cache.mkdir(exist_ok=True)
+    target = cache / f"example-plugin-{digest}"
+    with open(cache / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process installs, the others wait for it
+        if not target.is_dir():
+            staging = Path(tempfile.mkdtemp(prefix="example-plugin-", dir=cache))
+            install_example_plugin(staging)
+            staging.rename(target)
+    return target
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Install the example plugin before collection, so that tests parametrised over the registries include it."""
-    target = Path(tempfile.mkdtemp(prefix="jepa-example-plugin-"))
-    install_example_plugin(target)
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one of several test processes: one thread each, not one per core
+        import torch
+
+        torch.set_num_threads(1)
+    target = example_plugin_site()
     sys.path.insert(0, str(target))
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH")) if p)  # subprocesses
     importlib.invalidate_caches()
     config.stash[PLUGIN_DIR] = target
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    shutil.rmtree(config.stash.get(PLUGIN_DIR, ""), ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,7 +7,7 @@ from jepa_platform.callbacks.checkpoint import ModelCheckpoint
 from jepa_platform.callbacks.data import DataHealth
 from jepa_platform.callbacks.evaluation import EmbeddingMonitor, KNNMonitor, OnlineProbe
 from jepa_platform.callbacks.guards import CollapseMonitor, NonFiniteGuard, TrainingDiverged
-from jepa_platform.callbacks.progress import EpochSummary, batch_samples
+from jepa_platform.callbacks.progress import EpochSummary, ProgressBar, batch_samples
 from jepa_platform.callbacks.rng import RNGStates
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "ModelCheckpoint",
     "NonFiniteGuard",
     "OnlineProbe",
+    "ProgressBar",
     "RNGStates",
     "SystemMonitor",
     "TrainingDiverged",

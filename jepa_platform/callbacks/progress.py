@@ -1,4 +1,5 @@
-"""Readable progress for logs and terminals without a progress bar (CI, SLURM, `make demo`)."""
+"""Readable progress: one summary line per epoch for logs without a progress bar (CI, SLURM, `make demo`), and a
+progress bar that does not stall an accelerator."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import time
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
 from jepa_platform.masking.collate import model_input
@@ -59,3 +60,17 @@ class EpochSummary(Callback):
             self._samples / max(seconds, 1e-9),
             shown,
         )
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar, refreshed every step on CPU but every ``every_n_steps`` on an accelerator: each refresh reads
+    the logged loss back from the device, and that wait on every step keeps the host from queueing the next one."""
+
+    def __init__(self, every_n_steps: int = 10) -> None:
+        super().__init__(refresh_rate=1)
+        self.every_n_steps = max(int(every_n_steps), 1)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if trainer.strategy.root_device.type != "cpu":
+            self._refresh_rate = self.every_n_steps

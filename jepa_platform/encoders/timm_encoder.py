@@ -51,6 +51,7 @@ class TimmEncoder(nn.Module):
         small_stem: bool = False,
         in_chans: int = 3,
         model_kwargs: dict[str, Any] | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if not timm.is_model(name):
@@ -62,10 +63,16 @@ class TimmEncoder(nn.Module):
         if small_stem:
             _small_image_stem(self.model, name)
         self.num_features: int = self.model.num_features
+        # NHWC weights and inputs: convolutions run faster in that layout with cuDNN (tensor cores) and oneDNN
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 5:
             return self.pool_tokens(self.encode_tokens(self.embed_tokens(x)))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
     # -- patch tokens (ViTs) ------------------------------------------------------------------------------------

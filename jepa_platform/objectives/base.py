@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
+import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from jepa_platform.callbacks.cadence import logs_this_step
 from jepa_platform.callbacks.evaluation import BANK_LOADER, VAL_LOADER
 from jepa_platform.distributed import gather_with_grad
 from jepa_platform.encoders.heads import projector as make_projector
@@ -70,6 +72,9 @@ class Objective(L.LightningModule):
             ``(global batch / reference_batch_size)`` (or its square root), with global batch = per-rank batch x
             ranks x gradient-accumulation steps.
         reference_batch_size: the global batch size that the configured learning rate is meant for.
+        compile_encoder: ``torch.compile`` the encoder (in place: checkpoints keep their keys) once the model is
+            built (after FSDP sharding); the first steps then pay the compilation.
+        compile_loss: ``torch.compile`` the objective's loss (``compute_loss``) as well.
     """
 
     #: the objective takes clips (``frames``) as well as images
@@ -87,9 +92,13 @@ class Objective(L.LightningModule):
         feature_dim: int | None = None,
         lr_scaling: str = "none",
         reference_batch_size: int = 256,
+        compile_encoder: bool = False,
+        compile_loss: bool = False,
     ) -> None:
         if lr_scaling not in LR_SCALING:
             raise ConfigError(f"objective.lr_scaling={lr_scaling!r} is not one of {', '.join(LR_SCALING)}")
+        if compile_loss and not callable(getattr(type(self), "compute_loss", None)):
+            raise ConfigError(f"objective.compile_loss=true: {type(self).__name__} has no separate loss (compute_loss): use compile_encoder")
         super().__init__()
         self.save_hyperparameters(ignore=["encoder", "optimizer"])
         self.encoder = encoder
@@ -134,6 +143,14 @@ class Objective(L.LightningModule):
             shard_objective(self, strategy.shard_mesh, strategy.reshard_after_forward, strategy.mp_policy)
         elif self.device_mesh is not None:  # a plain ModelParallelStrategy: shard over its data-parallel dimension
             shard_objective(self, self.device_mesh["data_parallel"])
+        self.compile_parts()
+
+    def compile_parts(self) -> None:
+        """Apply ``compile_encoder`` / ``compile_loss`` (once; ``configure_model`` runs it, plain loops may call it)."""
+        if self.hparams.get("compile_encoder") and not getattr(self.encoder, "_compiled_call_impl", None):
+            self.encoder.compile()
+        if self.hparams.get("compile_loss") and "compute_loss" not in self.__dict__:
+            self.compute_loss = torch.compile(self.compute_loss)
 
     # -- what evaluation callbacks see --------------------------------------------------------------------------
     def feature_widths(self) -> dict[str, int]:
@@ -165,9 +182,11 @@ class Objective(L.LightningModule):
 
     # -- shared logging -----------------------------------------------------------------------------------------
     def log_loss(self, out: LossOutput, energy: Tensor | None, batch_size: int) -> None:
-        """``train/loss``, ``train/loss/<term>`` and ``train/energy`` (averaged over ranks). The step's loss stays on
-        ``last_loss`` for callbacks that inspect it (the non-finite guard)."""
+        """``train/loss``, ``train/loss/<term>`` and ``train/energy`` (averaged over ranks) on the steps that log. The
+        step's loss stays on ``last_loss`` for callbacks that inspect it (the non-finite guard)."""
         self.last_loss = out
+        if not logs_this_step(self._trainer):  # nothing would read them: no reduction, no transfer
+            return
         self.log("train/loss", out.total, prog_bar=True, batch_size=batch_size, sync_dist=True)
         for name, value in out.terms.items():
             self.log(f"train/loss/{name}", value, batch_size=batch_size, sync_dist=True)

@@ -126,6 +126,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("seed not a number", ["train", "debug=fast", "seed=abc"], "seed"),
     ("negative learning rate", ["train", "debug=fast", "optimizer.lr=-1"], "optimizer.lr=-1"),
     ("negative workers", ["train", "debug=fast", "data.num_workers=-1"], "data.num_workers=-1"),
+    ("augmentations on an unknown place", ["train", "debug=fast", "data.augment_on=gpu", "logger=none"], "data.augment_on='gpu'"),
     ("typo in a Trainer argument", ["train", "debug=fast", "trainer.max_epoch=2"], "did you mean max_epochs"),
     ("unknown objective", ["train", "debug=fast", "objective=vicregg"], "unknown objective 'vicregg'"),
     ("unknown config key", ["train", "debug=fast", "data.batchsize=3"], "unknown config key 'data.batchsize'"),

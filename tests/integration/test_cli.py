@@ -80,3 +80,32 @@ def test_eval_without_runs_is_a_one_line_error(tmp_path: Path, capsys):
     assert cli.main(["eval", "last", "--runs-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no run with checkpoints under") and "\n" not in err
+
+
+# Prints which heavy packages the command imported, once it has answered (even through sys.exit).
+_IMPORTS_PROBE = (
+    "import atexit, sys\n"
+    "atexit.register(lambda: print('IMPORTED', sorted(m for m in ('torch', 'lightning', 'mlflow', 'timm', 'kornia') if m in sys.modules)))\n"
+    "from jepa_platform.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["list"], 0, "simsiam"),  # the example plugin (on PYTHONPATH in tests) is listed without being imported
+        (["train", "--help"], 0, "== Config groups"),
+        (["train", "objective=nope"], 2, "error: unknown objective 'nope'"),
+        (["train", "trainer.max_epochs=0"], 2, "error: trainer.max_epochs=0 is not valid"),
+        (["train", "trainer.max_epoch=2"], 2, "did you mean max_epochs"),
+    ],
+    ids=["list", "train-help", "unknown-objective", "bad-value", "unknown-trainer-argument"],
+)
+def test_listing_help_and_config_errors_answer_before_the_training_stack_is_imported(tmp_path: Path, args: list[str], code: int, says: str):
+    """These answer in well under a second because torch, Lightning, MLflow and timm (several seconds) are not
+    imported before the config is composed and checked."""
+    result = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == code, result.stderr[-2000:]
+    assert says in result.stdout + result.stderr
+    assert "IMPORTED []" in result.stdout, result.stdout[-500:]

@@ -49,10 +49,11 @@ class _Recorder(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
-        self.seen: list[tuple[int, int, str]] = []
+        self.seen: list[tuple[int, int, str, float]] = []
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        self.seen += [(self.current_epoch, batch_idx, k) for k in batch["__key__"]]
+        sums = batch["views"][0].sum((1, 2, 3)).tolist()  # the augmented view, to see that it is replayed too
+        self.seen += [(self.current_epoch, batch_idx, k, round(v, 3)) for k, v in zip(batch["__key__"], sums, strict=True)]
         return (self.w - batch["views"][0].mean()) ** 2
 
     def configure_optimizers(self):
@@ -62,10 +63,16 @@ class _Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-@pytest.mark.parametrize("checkpoint", ["step=20.ckpt", "end-epoch=0.ckpt"], ids=["mid-epoch", "end-of-epoch"])
-def test_lightning_resume_mid_epoch_continues_the_same_batches(tiny_dataset: Path, tmp_path: Path, checkpoint: str):
-    def fit(ckpt_path: str | None = None) -> list[tuple[int, int, str]]:
-        dm = ImageDataModule(str(tiny_dataset), batch_size=32, num_workers=2, shuffle_buffer=64, view_transform=v2.ToDtype(torch.float32, scale=True))
+@pytest.mark.parametrize(
+    ("checkpoint", "augment_on"),
+    [("step=20.ckpt", "workers"), ("end-epoch=0.ckpt", "workers"), ("step=20.ckpt", "device")],
+    ids=["mid-epoch", "end-of-epoch", "mid-epoch-device-views"],
+)
+def test_lightning_resume_mid_epoch_continues_the_same_batches(tiny_dataset: Path, tmp_path: Path, checkpoint: str, augment_on: str):
+    augment = v2.Compose([v2.RandomResizedCrop(32, scale=(0.3, 1.0)), v2.ColorJitter(0.4, 0.4), v2.ToDtype(torch.float32, scale=True)])
+
+    def fit(ckpt_path: str | None = None) -> list[tuple[int, int, str, float]]:
+        dm = ImageDataModule(str(tiny_dataset), batch_size=32, num_workers=2, shuffle_buffer=64, view_transform=augment, augment_on=augment_on)
         every_5 = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5, save_top_k=-1, filename="{step}")
         epochs = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_epochs=1, save_top_k=-1, filename="end-{epoch}")
         trainer = L.Trainer(

@@ -45,3 +45,14 @@ def test_projector_layers():
     assert head(torch.randn(4, 16)).shape == (4, 8)
     assert isinstance(list(head.children())[-2], torch.nn.Linear)  # last layer: Linear (then a no-op dropout)
     assert isinstance(projector(16, []), torch.nn.Identity)
+
+
+def test_channels_last_is_the_same_function_in_another_memory_layout():
+    torch.manual_seed(0)
+    plain = TimmEncoder("resnet18").eval()
+    nhwc = TimmEncoder("resnet18", channels_last=True).eval()
+    nhwc.load_state_dict(plain.state_dict())
+    assert nhwc.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc(x), plain(x), rtol=1e-4, atol=1e-4)

@@ -8,10 +8,9 @@ from typing import Any
 import gymnasium as gym
 
 from jepa_platform.errors import ConfigError
-from jepa_platform.registry import ENVIRONMENTS, register_environment
+from jepa_platform.registry import ENVIRONMENTS
 from jepa_platform.world_model.envs.two_rooms import TwoRoomsEnv
 
-register_environment("two_rooms")(TwoRoomsEnv)
 if "jepa/TwoRooms-v0" not in gym.registry:
     gym.register("jepa/TwoRooms-v0", entry_point="jepa_platform.world_model.envs.two_rooms:TwoRoomsEnv")
 

@@ -22,6 +22,7 @@ import numpy as np
 from gymnasium import spaces
 
 from jepa_platform.errors import ConfigError
+from jepa_platform.registry import register_environment
 
 LAYOUTS = ("vertical", "horizontal")
 BACKGROUND = np.array([236, 232, 222], np.float32)
@@ -29,6 +30,7 @@ WALL = np.array([70, 70, 80], np.float32)
 AGENT = np.array([220, 40, 40], np.float32)
 
 
+@register_environment("two_rooms")
 class TwoRoomsEnv(gym.Env):
     """Point agent, two rooms joined by a door (see module docstring).
 

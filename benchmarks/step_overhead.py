@@ -1,0 +1,181 @@
+"""What does the platform cost per training step? For each objective, the training step through Lightning as a
+normal ``jepa train`` runs it (its callbacks: online probe, embedding statistics, kNN and collapse monitors,
+non-finite guard, EMA; the MLflow logger; LR schedule) against a bare PyTorch loop doing the same forward, backward
+and optimiser step (and EMA update) on the same batches, in one process, side by side.
+
+Both get the same pre-made batches, so data loading is not in either figure (benchmarks/peer_lightly.py measures
+it end to end). Steps are interleaved in rounds (platform, bare, platform, bare...) so that load on the machine
+hits both; the figure is the mean step time after warm-up, logging steps included. Target: platform/bare <= 1.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from omegaconf import open_dict
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from jepa_platform.config import build, compose_config
+from jepa_platform.optim import param_groups
+from jepa_platform.tracking import RunLogger
+from jepa_platform.train import _build_logger, _instantiate_callbacks
+
+#: objective -> overrides that make a CPU-sized version of its usual recipe
+SETUPS = {
+    "vicreg": ["objective=vicreg", "encoder=resnet18", "encoder.small_stem=false", "objective.projector_dims=[1024,1024]"],
+    "barlow": ["objective=barlow", "encoder=resnet18", "encoder.small_stem=false", "objective.projector_dims=[1024,1024]"],
+    "simclr": ["objective=simclr", "encoder=resnet18", "encoder.small_stem=false"],
+    "ema_jepa": ["objective=ema_jepa", "encoder=vit_tiny", "encoder.model_kwargs.patch_size=4", "objective.predictor_depth=2"],
+}
+
+
+class StepTimes(Callback):
+    """Wall time between the starts of consecutive training batches: everything a step costs, hooks and waiting for
+    data included. With ``path``, the step times are written there as JSON at the end (for runs built from a config)."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.starts: list[float] = []
+        self.path = path
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self.starts.append(time.perf_counter())
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.last_end = time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.starts.append(self.last_end)  # the last step ends with its batch, not with the end-of-fit checkpoint
+        if self.path:
+            Path(self.path).write_text(json.dumps(self.steps()))
+
+    def steps(self) -> list[float]:
+        return [b - a for a, b in zip(self.starts, self.starts[1:], strict=False)]
+
+
+class Batches(Dataset):
+    """The same pre-made batches every epoch (``batch_size=None`` loaders hand them over as they are)."""
+
+    def __init__(self, batches: list[dict]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.batches[i]
+
+
+def make_batches(n: int, batch_size: int, image_size: int, num_classes: int, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "views": [torch.randn(batch_size, 3, image_size, image_size, generator=g) for _ in range(2)],
+            "label": torch.randint(0, num_classes, (batch_size,), generator=g),
+        }
+        for _ in range(n)
+    ]
+
+
+def config(objective: str, batch_size: int, steps: int, runs_dir: Path, extra: list[str]) -> Any:
+    return compose_config(
+        [
+            *SETUPS[objective],
+            "trainer=cpu",
+            f"data.batch_size={batch_size}",
+            f"++trainer.max_steps={steps}",
+            "++trainer.limit_val_batches=0",
+            "++trainer.enable_progress_bar=false",
+            "callbacks.model_checkpoint=null",  # checkpoints are written per epoch, not per step
+            f"paths.runs_dir={runs_dir}",
+            *extra,
+        ],
+        output_dir=str(runs_dir / objective),
+    )
+
+
+def platform_steps(cfg: Any, batches: list[dict]) -> list[float]:
+    """Step times of ``trainer.fit`` as ``jepa train`` builds it (minus the data module: the batches are given)."""
+    L.seed_everything(0, workers=False)
+    model = build(cfg.objective, "objective")
+    timer = StepTimes()
+    logger = _build_logger(cfg, None)
+    trainer = build(cfg.trainer, "trainer", callbacks=[*_instantiate_callbacks(cfg.callbacks), timer], logger=logger)
+    if isinstance(logger, RunLogger):
+        logger.connect()
+    loader = DataLoader(Batches(batches), batch_size=None)
+    trainer.fit(model, train_dataloaders=loader)
+    return timer.steps()
+
+
+def bare_steps(cfg: Any, batches: list[dict]) -> list[float]:
+    """The same model, optimiser and (for EMA objectives) target update in a plain loop: no logging, no callbacks."""
+    L.seed_everything(0, workers=False)
+    model = build(cfg.objective, "objective")
+    model.configure_model() if hasattr(model, "configure_model") else None
+    model.log = lambda *args, **kwargs: None  # a bare loop logs nothing
+    optimizer = model.optimizer_factory(param_groups(nn.ModuleList(model.children()), model.hparams.weight_decay))  # as the objective's
+    update_target = getattr(model, "update_target", None)
+    shared_step = getattr(model, "shared_step", None) if "views" in batches[0] and model.hparams.get("projector_dims") is not None else None
+    model.train()
+    times = [time.perf_counter()]
+    for i, batch in enumerate(batches):
+        loss = shared_step(batch["views"]).loss.total if shared_step else model.training_step(batch, i)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if update_target is not None:
+            update_target(0.996)
+        times.append(time.perf_counter())
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
+def mean_after_warmup(times: list[float], warmup: int) -> float:
+    rest = times[warmup:]
+    return sum(rest) / len(rest)
+
+
+def measure(objective: str, batch_size: int, steps: int, rounds: int, warmup: int, extra: list[str]) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = config(objective, batch_size, steps, Path(tmp), extra)
+        image_size = int(cfg.data.image_size)
+        with open_dict(cfg):
+            cfg.callbacks.online_probe.num_classes = 10
+        batches = make_batches(steps, batch_size, image_size, 10)
+        platform, bare = [], []
+        for _ in range(rounds):
+            platform.append(mean_after_warmup(platform_steps(cfg, batches), warmup))
+            bare.append(mean_after_warmup(bare_steps(cfg, batches), warmup))
+    p, b = min(platform), min(bare)
+    return {"platform_s": p, "bare_s": b, "ratio": p / b}
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--objectives", nargs="+", default=list(SETUPS))
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=13, help="steps per measurement (log_every_n_steps is 10, as in a run)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best round of each counts")
+    p.add_argument("--extra", nargs="*", default=[], help="config overrides for both (e.g. trainer.precision=bf16-mixed)")
+    args = p.parse_args(argv)
+    rows = []
+    print(f"{'objective':<10}{'platform step':>15}{'bare step':>12}{'platform/bare':>15}")
+    for objective in args.objectives:
+        r = measure(objective, args.batch_size, args.steps, args.rounds, args.warmup, args.extra)
+        rows.append({"objective": objective, **r})
+        print(f"{objective:<10}{r['platform_s'] * 1e3:>12.1f} ms{r['bare_s'] * 1e3:>9.1f} ms{r['ratio']:>15.3f}", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
