@@ -159,8 +159,9 @@ class ImageDataModule(StreamingDataModule):
         """With ``augment_on=device``: training batches of ``raw`` uint8 images become ``views`` on their device."""
         if isinstance(batch, dict) and "raw" in batch and self.batched_views is not None:
             batch = dict(batch)
-            raw = batch.pop("raw")
-            batch["views"] = self.batched_views.to(raw.device)(raw, self.views_seed())
+            raw, seed = batch.pop("raw"), self.views_seed()
+            batch["views"] = self.batched_views.to(raw.device)(raw, seed)
+            batch["batch_seed"] = derive_seed(seed, 1)  # for what else is drawn per batch on the device (masks)
         return batch
 
     def eval_process(self) -> ImageEval:

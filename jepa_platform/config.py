@@ -245,8 +245,8 @@ def compose_config(overrides: list[str], config_name: str = "train", conf: Path 
     if named & generated:  # options chosen on the command line: their keys may be overridden too
         store_registered_configs(conf, load=named & generated)
     cfg = _compose(conf, config_name, overrides)
-    chosen = {(group, cfg.hydra.runtime.choices.get(group)) for group, _ in generated} & generated
-    if chosen:  # a generated config is used: build it from the class's constructor, then compose again
+    chosen = ({(group, cfg.hydra.runtime.choices.get(group)) for group, _ in generated} & generated) - _GENERATED_FULL
+    if chosen:  # a stand-in was used (an experiment file chose it): build it from the class's constructor, compose again
         store_registered_configs(conf, load=chosen)
         cfg = _compose(conf, config_name, overrides)
     with open_dict(cfg):

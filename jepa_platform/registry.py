@@ -57,8 +57,7 @@ class Entry:
     @property
     def description(self) -> str:
         """First paragraph of the class docstring, on one line."""
-        doc = (inspect.getdoc(self.cls) or "").strip()
-        return " ".join(doc.split("\n\n")[0].split())
+        return _first_paragraph(inspect.getdoc(self.cls))
 
 
 @dataclass(frozen=True)
@@ -127,6 +126,7 @@ class Registry:
         self.kind, self.group, self.builtins, self.base = kind, group, builtins, base
         self._entries: dict[str, Entry] = {}
         self._discovered = False
+        self._declared: list[Declaration] | None = None
 
     def declarations(self) -> list[Declaration]:
         """Every name with its class path and description, from source files alone (nothing is imported).
@@ -134,8 +134,13 @@ class Registry:
         Built-ins are the classes decorated with ``register_<kind>`` under the built-in package; plugins are the
         entry points. A plugin class that is not defined at the top of its module (re-exported, generated) is
         imported to describe it; one whose module cannot be found is skipped with the warning :meth:`discover`
-        gives.
+        gives. Read once, like :meth:`discover`.
         """
+        if self._declared is None:
+            self._declared = self._declare()
+        return self._declared
+
+    def _declare(self) -> list[Declaration]:
         found: dict[str, Declaration] = {}
         package = _module_file(self.builtins)
         for path in sorted(package.parent.rglob("*.py")) if package else []:

@@ -86,6 +86,8 @@ class MaskCollate:
 
     def __call__(self, samples: list[Any]) -> dict:
         batch = self.inner(samples)
+        if "raw" in batch:  # views are made later on the device (data.augment_on=device): masks are drawn there too
+            return batch
         x = model_input(batch)
         batch["masks"] = sample_masks(self.plans, token_grid(x, self.patch_size), x.shape[0])
         return batch

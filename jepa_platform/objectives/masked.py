@@ -124,9 +124,11 @@ class MaskedJEPA(SelfSupervisedObjective):
         return token_grid(x, self.patch_size)
 
     def batch_masks(self, batch: Mapping[str, Any], x: Tensor, seed: int | None = None) -> dict[str, Masks]:
-        """The batch's masks (from the workers), else drawn here (seeded by ``seed`` if given)."""
+        """The batch's masks (from the workers), else drawn here (seeded by ``seed`` if given, else by the batch's
+        ``batch_seed`` when its views were made on the device)."""
         found = batch.get("masks")
         if found is None:
+            seed = seed if seed is not None else batch.get("batch_seed")
             if seed is None and not self._warned_masks:
                 warnings.warn(
                     "batch has no masks: drawing them in the training step (install objective.train_collate as the data collate)", stacklevel=2

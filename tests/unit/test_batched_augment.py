@@ -168,3 +168,13 @@ def test_images_of_several_sizes_need_raw_size():
         raw(sample(12))
     fixed = RawImages(label_key=None, raw_size=8)
     assert fixed(sample(8))[0]["raw"].shape == fixed(sample(12))[0]["raw"].shape == (3, 8, 8)
+
+
+def test_masked_jepa_trains_on_device_views(tmp_path: Path, data_root: Path):
+    """Masks follow the views to the device (their grid is the views' size, known there), seeded per batch."""
+    from jepa_platform.testing import run_jepa
+
+    env = {"JEPA_DATA_DIR": str(data_root), "JEPA_RUNS_DIR": str(tmp_path / "runs")}
+    run = run_jepa(["train", "objective=ema_jepa", "debug=fast_vit", "data.augment_on=device", "trainer.limit_train_batches=3", "logger=none"], env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "final: val/probe_acc=" in run.stdout and "batch has no masks" not in run.stderr
