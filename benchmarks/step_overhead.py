@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from jepa_platform.config import build, compose_config
+from jepa_platform.objectives import JointEmbeddingObjective
 from jepa_platform.optim import param_groups
 from jepa_platform.tracking import RunLogger
 from jepa_platform.train import _build_logger, _instantiate_callbacks
@@ -121,11 +122,11 @@ def bare_steps(cfg: Any, batches: list[dict]) -> list[float]:
     """The same model, optimiser and (for EMA objectives) target update in a plain loop: no logging, no callbacks."""
     L.seed_everything(0, workers=False)
     model = build(cfg.objective, "objective")
-    model.configure_model() if hasattr(model, "configure_model") else None
+    model.configure_model()  # what the Trainer calls (sharding none here; the opt-in compile switches)
     model.log = lambda *args, **kwargs: None  # a bare loop logs nothing
     optimizer = model.optimizer_factory(param_groups(nn.ModuleList(model.children()), model.hparams.weight_decay))  # as the objective's
     update_target = getattr(model, "update_target", None)
-    shared_step = getattr(model, "shared_step", None) if "views" in batches[0] and model.hparams.get("projector_dims") is not None else None
+    shared_step = model.shared_step if isinstance(model, JointEmbeddingObjective) else None  # else the objective's own step
     model.train()
     times = [time.perf_counter()]
     for i, batch in enumerate(batches):
