@@ -16,10 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
 from jepa_platform.config import build, compose_config
-from jepa_platform.optim import param_groups
 
 BASE = ["objective=simclr", "encoder=resnet18", "encoder.small_stem=false", "optimizer=sgd", "trainer=cpu", "data.image_size=32"]
 
@@ -29,7 +27,7 @@ def model_step(overrides: list[str], batch_size: int) -> tuple[Callable[[], None
     torch.manual_seed(0)
     objective = build(cfg.objective, "objective")
     objective.compile_parts()
-    optimizer = objective.optimizer_factory(param_groups(nn.ModuleList(objective.children()), objective.hparams.weight_decay))
+    optimizer = objective.make_optimizer()
     views = [torch.randn(batch_size, 3, 32, 32) for _ in range(2)]
 
     def step() -> None:

@@ -14,7 +14,6 @@ process and its DataLoader workers, sampled every 0.2 s. Needs the bench extra: 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import subprocess
 import sys
@@ -116,6 +115,8 @@ def child_lightly(folder: Path, args: argparse.Namespace) -> list[float]:
     from lightly.data import LightlyDataset
     from torch.utils.data import DataLoader
 
+    from benchmarks.step_overhead import intervals
+
     torch.manual_seed(0)
     transform, model, criterion = lightly_parts(args.image_size)
     loader = DataLoader(
@@ -137,7 +138,7 @@ def child_lightly(folder: Path, args: argparse.Namespace) -> list[float]:
             times.append(time.perf_counter())
             if len(times) > args.steps:
                 break
-    return [b - a for a, b in itertools.pairwise(times)]
+    return intervals(times)
 
 
 def child_platform(shards: Path, augment_on: str, args: argparse.Namespace, work: Path) -> list[float]:
@@ -173,17 +174,15 @@ def child_platform(shards: Path, augment_on: str, args: argparse.Namespace, work
 def child_steps(args: argparse.Namespace) -> dict[str, float]:
     """Samples/s of the model step alone (forward, loss, backward, SGD step) on one pre-augmented batch."""
     import torch
-    from torch import nn
 
     from jepa_platform.config import build, compose_config
-    from jepa_platform.optim import param_groups
 
     torch.manual_seed(0)
     _, lightly_model, criterion = lightly_parts(args.image_size)
     lightly_opt = torch.optim.SGD(lightly_model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     cfg = compose_config([*platform_overrides(args.image_size, args.batch_size), f"data.image_size={args.image_size}"])
     objective = build(cfg.objective, "objective")
-    platform_opt = objective.optimizer_factory(param_groups(nn.ModuleList(objective.children()), objective.hparams.weight_decay))
+    platform_opt = objective.make_optimizer()
     views = [torch.randn(args.batch_size, 3, args.image_size, args.image_size) for _ in range(2)]
 
     def lightly_step() -> None:

@@ -22,12 +22,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import open_dict
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from jepa_platform.config import build, compose_config
 from jepa_platform.objectives import JointEmbeddingObjective
-from jepa_platform.optim import param_groups
 from jepa_platform.tracking import RunLogger
 from jepa_platform.train import _build_logger, _instantiate_callbacks
 
@@ -38,6 +36,11 @@ SETUPS = {
     "simclr": ["objective=simclr", "encoder=resnet18", "encoder.small_stem=false"],
     "ema_jepa": ["objective=ema_jepa", "encoder=vit_tiny", "encoder.model_kwargs.patch_size=4", "objective.predictor_depth=2"],
 }
+
+
+def intervals(times: list[float]) -> list[float]:
+    """Durations between consecutive timestamps."""
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 class StepTimes(Callback):
@@ -60,7 +63,7 @@ class StepTimes(Callback):
             Path(self.path).write_text(json.dumps(self.steps()))
 
     def steps(self) -> list[float]:
-        return [b - a for a, b in zip(self.starts, self.starts[1:], strict=False)]
+        return intervals(self.starts)
 
 
 class Batches(Dataset):
@@ -124,7 +127,7 @@ def bare_steps(cfg: Any, batches: list[dict]) -> list[float]:
     model = build(cfg.objective, "objective")
     model.configure_model()  # what the Trainer calls (sharding none here; the opt-in compile switches)
     model.log = lambda *args, **kwargs: None  # a bare loop logs nothing
-    optimizer = model.optimizer_factory(param_groups(nn.ModuleList(model.children()), model.hparams.weight_decay))  # as the objective's
+    optimizer = model.make_optimizer()
     update_target = getattr(model, "update_target", None)
     shared_step = model.shared_step if isinstance(model, JointEmbeddingObjective) else None  # else the objective's own step
     model.train()
@@ -137,7 +140,7 @@ def bare_steps(cfg: Any, batches: list[dict]) -> list[float]:
         if update_target is not None:
             update_target(0.996)
         times.append(time.perf_counter())
-    return [b - a for a, b in itertools.pairwise(times)]
+    return intervals(times)
 
 
 def mean_after_warmup(times: list[float], warmup: int) -> float:

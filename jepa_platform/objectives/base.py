@@ -212,10 +212,14 @@ class Objective(L.LightningModule):
             log.info("lr scaling %s: global batch %d / reference %d -> lr x %.4g", rule, global_batch, self.hparams.reference_batch_size, factor)
         return factor
 
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """The configured optimiser over every trainable module (encoder, projector, a subclass's predictor...), with
+        weight decay on weight matrices only; frozen parameters (an EMA target) are left out. No LR scaling or
+        schedule: :meth:`configure_optimizers` adds those; loops without a Trainer (benchmarks) use this as it is."""
+        return self.optimizer_factory(param_groups(nn.ModuleList(self.children()), self.hparams.weight_decay))
+
     def configure_optimizers(self) -> dict:
-        # Every trainable module (encoder, projector, a subclass's predictor...); frozen parameters (an EMA target)
-        # are skipped by param_groups.
-        optimizer = self.optimizer_factory(param_groups(nn.ModuleList(self.children()), self.hparams.weight_decay))
+        optimizer = self.make_optimizer()
         factor = self.lr_factor()
         for group in optimizer.param_groups:
             group["lr"] *= factor
