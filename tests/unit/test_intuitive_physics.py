@@ -1,0 +1,73 @@
+"""The intuitive-physics videos: deterministic, pairs identical up to the violation, and each violation is what it
+says (checked on the ball's simulated states and on the pixels)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from data_modules import intuitive_physics as ip
+
+PAIRS = 24
+
+
+@pytest.mark.parametrize("violation", list(ip.VIOLATIONS))
+def test_pairs_match_until_the_violation_and_differ_from_it(violation: str):
+    variants = set()
+    for i in range(PAIRS):
+        p = ip.pair(0, "val", i, violation)
+        t = p["violation_frame"]
+        assert ip.MIN_CONTEXT <= t < p["possible"].shape[0]
+        assert np.array_equal(p["possible"][:t], p["impossible"][:t])
+        assert not np.array_equal(p["possible"][t], p["impossible"][t])
+        variants.add(p["variant"])
+    assert variants == set(ip.VIOLATIONS[violation])  # every variant of the type occurs
+
+
+def test_clips_are_a_function_of_seed_split_and_index():
+    a, b = ip.pair(3, "test", 5, "solidity"), ip.pair(3, "test", 5, "solidity")
+    assert np.array_equal(a["impossible"], b["impossible"]) and a["violation_frame"] == b["violation_frame"]
+    assert not np.array_equal(a["possible"], ip.pair(4, "test", 5, "solidity")["possible"])
+    clip = ip.possible_clip(0, "train", 7)
+    assert clip["frames"].shape == (24, 32, 32, 3) and clip["frames"].dtype == np.uint8
+    assert np.array_equal(clip["frames"], ip.possible_clip(0, "train", 7)["frames"])
+
+
+def _ball_pixels(frame: np.ndarray, scene: ip.Scene) -> int:
+    """Pixels of the ball's colour (or its complement) outside the occluder."""
+    colours = [np.asarray(scene.colour), 255 - np.asarray(scene.colour)]
+    near = np.zeros(frame.shape[:2], bool)
+    for c in colours:
+        near |= np.abs(frame.astype(np.float32) - c).max(-1) < 12
+    left, right = (round(v) for v in scene.occluder)
+    near[:, left:right] = False
+    return int(near.sum())
+
+
+def test_each_violation_breaks_the_physics_it_names():
+    for i in range(8):
+        solid = ip.pair(0, "val", i, "solidity")
+        assert solid["possible_states"][:, 0].max() <= solid["scene"].wall_x  # the wall stops the ball...
+        assert solid["impossible_states"][-1, 0] > solid["scene"].wall_x  # ...or does not
+
+        gravity = ip.pair(0, "val", i, "gravity")
+        t = gravity["violation_frame"]
+        dy_possible = np.diff(gravity["possible_states"][t - 1 :, 1], 2)
+        dy_impossible = np.diff(gravity["impossible_states"][t:, 1], 2)
+        assert np.median(dy_possible) > 0 >= np.median(dy_impossible) - 1e-6  # falls down vs floats or falls up
+
+        continuity = ip.pair(0, "val", i, "continuity")
+        t = continuity["violation_frame"]
+        jump = np.abs(np.diff(continuity["impossible_states"][t - 1 : t + 1, 0]))[0]
+        assert jump > 2 * np.abs(np.diff(continuity["possible_states"][:, 0])).max()
+
+        permanence = ip.pair(0, "val", i, "permanence")
+        if permanence["variant"] == "vanish":  # the ball is seen again in the possible clip only
+            scene, t = permanence["scene"], permanence["violation_frame"]
+            seen = [sum(_ball_pixels(f, scene) for f in permanence[k][t:]) for k in ("possible", "impossible")]
+            assert seen[0] > 0 and seen[1] == 0, seen
+
+
+def test_unknown_violation_type_names_the_known_ones():
+    with pytest.raises(ValueError, match="use one of permanence, continuity, solidity, gravity, constancy"):
+        ip.pair(0, "val", 0, "telekinesis")
