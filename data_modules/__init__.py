@@ -1,17 +1,27 @@
 """WebDataset DataModules (images, sequences), the shard writer and converter, and the built-in datasets (shapes,
-moving shapes, two-rooms trajectories)."""
+moving shapes, intuitive physics, two-rooms trajectories)."""
 
-from data_modules.builtin import MovingShapesDataModule, ShapesDataModule, TwoRoomsDataModule, ensure_moving_shapes_dataset, ensure_shapes_dataset
+from data_modules.builtin import (
+    IntuitivePhysicsDataModule,
+    MovingShapesDataModule,
+    ShapesDataModule,
+    TwoRoomsDataModule,
+    ensure_intuitive_physics_dataset,
+    ensure_moving_shapes_dataset,
+    ensure_shapes_dataset,
+)
 from data_modules.images import ImageDataModule
 from data_modules.sequences import SequenceDataModule
 from data_modules.urls import expand_urls
 
 __all__ = [
     "ImageDataModule",
+    "IntuitivePhysicsDataModule",
     "MovingShapesDataModule",
     "SequenceDataModule",
     "ShapesDataModule",
     "TwoRoomsDataModule",
+    "ensure_intuitive_physics_dataset",
     "ensure_moving_shapes_dataset",
     "ensure_shapes_dataset",
     "expand_urls",

@@ -1,5 +1,5 @@
-"""The built-in datasets (shape images, moving-shapes videos, two-rooms trajectories) as shards in a cache directory,
-generated on first use."""
+"""The built-in datasets (shape images, moving-shapes videos, intuitive-physics clips, two-rooms trajectories) as shards
+in a cache directory, generated on first use."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from data_modules import moving_shapes, shapes
+from data_modules import intuitive_physics, moving_shapes, shapes
 from data_modules.images import ImageDataModule
 from data_modules.sequences import SequenceDataModule, write_episodes
 from data_modules.shards import shard_pattern, write_dataset_atomically, write_split
@@ -146,6 +146,68 @@ class MovingShapesDataModule(SequenceDataModule):
 
     def prepare_data(self) -> None:
         ensure_moving_shapes_dataset(self.root, episodes_per_shard=self.samples_per_shard, **self.gen)
+
+
+def intuitive_physics_dir(root: str | os.PathLike, seed: int, num_train: int, num_val: int, image_size: int, length: int) -> Path:
+    return Path(root).expanduser() / f"intuitive-physics-{intuitive_physics.VERSION}-seed{seed}-{num_train}-{num_val}-{image_size}px-{length}f"
+
+
+def ensure_intuitive_physics_dataset(
+    root: str | os.PathLike,
+    seed: int = 0,
+    num_train: int = 4000,
+    num_val: int = 1000,
+    image_size: int = 32,
+    length: int = 24,
+    episodes_per_shard: int = 250,
+) -> Path:
+    """Generate the possible intuitive-physics clips (training and validation; no impossible ones) under ``root`` once."""
+    target = intuitive_physics_dir(root, seed, num_train, num_val, image_size, length)
+    if (target / MANIFEST).is_file():
+        return target
+    start = time.perf_counter()
+    log.info("generating the built-in intuitive-physics videos into %s", target)
+    splits = {
+        split: (intuitive_physics.possible_clip(seed, split, i, image_size, length) for i in range(n))
+        for split, n in (("train", num_train), ("val", num_val))
+    }
+    write_episodes(target, splits, episodes_per_shard, frame_format="png", classes=intuitive_physics.CLASSES)
+    log.info("generated %d episodes in %.1fs", num_train + num_val, time.perf_counter() - start)
+    return target
+
+
+class IntuitivePhysicsDataModule(SequenceDataModule):
+    """The built-in intuitive-physics videos (see :mod:`data_modules.intuitive_physics`): possible clips only, written
+    as shards on first use, for video objectives that later score surprise on impossible twins. Clips are labelled by
+    the ball's speed bin (``label``: ``speed``). ``samples_per_shard`` counts episodes."""
+
+    def __init__(
+        self,
+        root: str | None = None,
+        dataset_seed: int = 0,
+        num_train: int = 4000,
+        num_val: int = 1000,
+        image_size: int = 32,
+        length: int = 24,
+        samples_per_shard: int = 250,
+        **kwargs,
+    ) -> None:
+        self.root = Path(root).expanduser() if root else default_cache_dir()
+        self.gen = {"seed": dataset_seed, "num_train": num_train, "num_val": num_val, "image_size": image_size, "length": length}
+        self.samples_per_shard = samples_per_shard
+        kwargs.setdefault("label_key", "speed")
+        if kwargs.get("num_classes") is None:
+            kwargs["num_classes"] = len(intuitive_physics.CLASSES["speed"])
+        directory = intuitive_physics_dir(self.root, **self.gen)
+        super().__init__(
+            urls=shard_pattern(directory, "train", -(-num_train // samples_per_shard)),
+            val_urls=shard_pattern(directory, "val", -(-num_val // samples_per_shard)),
+            image_size=image_size,
+            **kwargs,
+        )
+
+    def prepare_data(self) -> None:
+        ensure_intuitive_physics_dataset(self.root, episodes_per_shard=self.samples_per_shard, **self.gen)
 
 
 def two_rooms_dir(root: str | os.PathLike, seed: int, num_train: int, num_val: int, image_size: int, length: int, env_tag: str) -> Path:

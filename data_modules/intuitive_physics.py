@@ -33,6 +33,9 @@ VIOLATIONS: dict[str, tuple[str, ...]] = {
     "constancy": ("colour", "shape"),
 }
 MIN_CONTEXT = 4  # frames before a violation: enough to see the motion it breaks
+#: episode labels of the possible clips, for probes: the ball's horizontal speed in three equal bins
+CLASSES = {"speed": ["slow", "medium", "fast"]}
+_SPEED = (1.1, 1.5)  # horizontal speed range, pixels per frame at 32 px
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ def make_scene(rng: np.random.Generator, size: int = 32, length: int = 24) -> Sc
         colour=colour,  # type: ignore[arg-type]
         square=False,
         start=(rng.uniform(3.5, 6.0) * u, rng.uniform(8, 16) * u),
-        velocity=(rng.uniform(1.1, 1.5) * u, rng.uniform(-1.0, 0.3) * u),
+        velocity=(rng.uniform(*_SPEED) * u, rng.uniform(-1.0, 0.3) * u),
         gravity=rng.uniform(0.18, 0.3) * u,
         restitution=rng.uniform(0.7, 0.85),
         floor=size - 3 * u,
@@ -199,9 +202,13 @@ def _rng(seed: int, split: str, index: int, salt: int = 0) -> np.random.Generato
 
 
 def possible_clip(seed: int, split: str, index: int, size: int = 32, length: int = 24) -> dict:
-    """``{"frames": (length, size, size, 3) uint8, "states": (length, 2)}``: physics as it is, for training."""
-    frames, states = _run(make_scene(_rng(seed, split, index), size, length), None, None)
-    return {"frames": frames, "states": states}
+    """``{"frames": (length, size, size, 3) uint8, "states": (length, 2), "speed": int}``: physics as it is, for
+    training; ``speed`` is the bin of the ball's starting horizontal speed (:data:`CLASSES`)."""
+    scene = make_scene(_rng(seed, split, index), size, length)
+    frames, states = _run(scene, None, None)
+    low, high = _SPEED
+    fraction = (scene.velocity[0] * 32 / size - low) / (high - low)
+    return {"frames": frames, "states": states, "speed": min(int(fraction * len(CLASSES["speed"])), len(CLASSES["speed"]) - 1)}
 
 
 def pair(seed: int, split: str, index: int, violation: str, size: int = 32, length: int = 24) -> dict:

@@ -71,3 +71,28 @@ def test_each_violation_breaks_the_physics_it_names():
 def test_unknown_violation_type_names_the_known_ones():
     with pytest.raises(ValueError, match="use one of permanence, continuity, solidity, gravity, constancy"):
         ip.pair(0, "val", 0, "telekinesis")
+
+
+def test_video_objective_trains_on_the_possible_clips(make_cfg):
+    """data=intuitive_physics: possible clips only, as shards, with a speed label for the probes."""
+    from hydra.utils import instantiate
+
+    from jepa_platform.train import run_train
+
+    data = (
+        "data=intuitive_physics",
+        "data.num_train=48",
+        "data.num_val=16",
+        "data.samples_per_shard=16",
+        "data.knn_bank_size=32",
+        "data.batch_size=8",
+    )
+    short = ("logger=none", "++trainer.limit_train_batches=3", "++trainer.limit_val_batches=2", "trainer.log_every_n_steps=1")
+    cfg = make_cfg("objective=ema_jepa", *data, *short, debug="fast_vit")
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["frames"].shape == (8, 8, 3, 32, 32) and set(batch["label"].tolist()) <= {0, 1, 2}
+    metrics = run_train(cfg)
+    assert np.isfinite(metrics["train/loss"]) and "val/probe_acc" in metrics
