@@ -7,6 +7,7 @@ from data_modules.builtin import (
     ShapesDataModule,
     TwoRoomsDataModule,
     ensure_intuitive_physics_dataset,
+    ensure_intuitive_physics_pairs,
     ensure_moving_shapes_dataset,
     ensure_shapes_dataset,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "ShapesDataModule",
     "TwoRoomsDataModule",
     "ensure_intuitive_physics_dataset",
+    "ensure_intuitive_physics_pairs",
     "ensure_moving_shapes_dataset",
     "ensure_shapes_dataset",
     "expand_urls",

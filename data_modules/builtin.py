@@ -176,6 +176,45 @@ def ensure_intuitive_physics_dataset(
     return target
 
 
+def ensure_intuitive_physics_pairs(
+    root: str | os.PathLike,
+    seed: int = 0,
+    pairs_per_type: int = 200,
+    image_size: int = 32,
+    length: int = 24,
+    episodes_per_shard: int = 250,
+) -> Path:
+    """Write the evaluation pairs once (split ``test``, PNG frames): for each violation type, ``pairs_per_type`` pairs
+    as two consecutive episodes, the possible clip then its impossible twin, each with ``pair_id``, ``violation``
+    (index into the manifest's ``classes.violation``), ``variant``, ``violation_frame`` and ``impossible``. The scenes
+    are drawn from the ``test`` split's seeds, so they are not the training scenes."""
+    name = f"intuitive-physics-pairs-{intuitive_physics.VERSION}-seed{seed}-{pairs_per_type}x{len(intuitive_physics.VIOLATIONS)}"
+    target = Path(root).expanduser() / f"{name}-{image_size}px-{length}f"
+    if (target / MANIFEST).is_file():
+        return target
+
+    def episodes():
+        pair_id = 0
+        for v, violation in enumerate(intuitive_physics.VIOLATIONS):
+            for i in range(pairs_per_type):
+                p = intuitive_physics.pair(seed, "test", i, violation, image_size, length)
+                meta = {"pair_id": pair_id, "violation": v, "variant": p["variant"], "violation_frame": p["violation_frame"]}
+                yield {"frames": p["possible"], "states": p["possible_states"], **meta, "impossible": False}
+                yield {"frames": p["impossible"], "states": p["impossible_states"], **meta, "impossible": True}
+                pair_id += 1
+
+    classes = {"violation": list(intuitive_physics.VIOLATIONS)}
+    write_episodes(
+        target,
+        {"test": episodes()},
+        episodes_per_shard,
+        frame_format="png",
+        classes=classes,
+        extra={"pairs": pairs_per_type * len(classes["violation"])},
+    )
+    return target
+
+
 class IntuitivePhysicsDataModule(SequenceDataModule):
     """The built-in intuitive-physics videos (see :mod:`data_modules.intuitive_physics`): possible clips only, written
     as shards on first use, for video objectives that later score surprise on impossible twins. Clips are labelled by

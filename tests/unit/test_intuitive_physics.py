@@ -96,3 +96,32 @@ def test_video_objective_trains_on_the_possible_clips(make_cfg):
     assert batch["frames"].shape == (8, 8, 3, 32, 32) and set(batch["label"].tolist()) <= {0, 1, 2}
     metrics = run_train(cfg)
     assert np.isfinite(metrics["train/loss"]) and "val/probe_acc" in metrics
+
+
+def test_evaluation_pairs_are_written_as_consecutive_episodes(tmp_path):
+    import io
+    import json
+    import tarfile
+
+    from PIL import Image
+
+    from data_modules import ensure_intuitive_physics_pairs
+
+    root = ensure_intuitive_physics_pairs(tmp_path, pairs_per_type=2, episodes_per_shard=8)
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["classes"]["violation"] == list(ip.VIOLATIONS) and manifest["pairs"] == 10
+    episodes = []
+    for shard in sorted(root.rglob("*.tar")):
+        with tarfile.open(shard) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+        for key in sorted({n.split(".")[0] for n in members}):
+            meta = json.loads(members[f"{key}.episode.json"])
+            first = np.asarray(Image.open(io.BytesIO(members[f"{key}.frame_00000.png"])))
+            episodes.append((meta, first))
+    assert len(episodes) == 20
+    for (possible, frame_p), (impossible, frame_i) in zip(episodes[::2], episodes[1::2], strict=True):
+        assert not possible["impossible"] and impossible["impossible"] and possible["pair_id"] == impossible["pair_id"]
+        assert possible["violation_frame"] == impossible["violation_frame"] >= ip.MIN_CONTEXT
+        assert np.array_equal(frame_p, frame_i)  # the same scene up to the violation
+    expected = ip.pair(0, "test", 1, "continuity")
+    assert episodes[6][0]["variant"] == expected["variant"] and episodes[6][0]["violation_frame"] == expected["violation_frame"]
