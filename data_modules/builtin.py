@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from data_modules import intuitive_physics, moving_shapes, shapes
@@ -84,6 +85,22 @@ class ShapesDataModule(ImageDataModule):
         ensure_shapes_dataset(self.root, samples_per_shard=self.samples_per_shard, **self.gen)
 
 
+def _generated_videos(
+    target: Path, episode: Callable[..., dict], seed: int, num_train: int, num_val: int, image_size: int, length: int, episodes_per_shard: int,
+    classes: dict[str, list[str]], what: str,
+) -> Path:  # fmt: skip
+    """Write ``episode(seed, split, index, image_size, length)`` for the train and val splits under ``target`` once
+    (PNG frames); later calls find the manifest and return at once."""
+    if (target / MANIFEST).is_file():
+        return target
+    start = time.perf_counter()
+    log.info("generating the built-in %s into %s", what, target)
+    splits = {split: (episode(seed, split, i, image_size, length) for i in range(n)) for split, n in (("train", num_train), ("val", num_val))}
+    write_episodes(target, splits, episodes_per_shard, frame_format="png", classes=classes)
+    log.info("generated %d episodes in %.1fs", num_train + num_val, time.perf_counter() - start)
+    return target
+
+
 def moving_shapes_dir(root: str | os.PathLike, seed: int, num_train: int, num_val: int, image_size: int, length: int) -> Path:
     return Path(root).expanduser() / f"moving-shapes-{moving_shapes.VERSION}-seed{seed}-{num_train}-{num_val}-{image_size}px-{length}f"
 
@@ -99,22 +116,50 @@ def ensure_moving_shapes_dataset(
 ) -> Path:
     """Generate the moving-shapes video dataset under ``root`` once (PNG frames); later calls return at once."""
     target = moving_shapes_dir(root, seed, num_train, num_val, image_size, length)
-    if (target / MANIFEST).is_file():
-        return target
-    start = time.perf_counter()
-    log.info("generating the built-in moving-shapes videos into %s", target)
-    splits = {
-        split: (moving_shapes.episode(seed, split, i, image_size, length) for i in range(n)) for split, n in (("train", num_train), ("val", num_val))
-    }
-    write_episodes(target, splits, episodes_per_shard, frame_format="png", classes=moving_shapes.CLASSES)
-    log.info("generated %d episodes in %.1fs", num_train + num_val, time.perf_counter() - start)
-    return target
+    args = (seed, num_train, num_val, image_size, length, episodes_per_shard)
+    return _generated_videos(target, moving_shapes.episode, *args, moving_shapes.CLASSES, "moving-shapes videos")
 
 
-class MovingShapesDataModule(SequenceDataModule):
+class GeneratedVideoDataModule(SequenceDataModule):
+    """A built-in video dataset generated into a cache directory on first use (``prepare_data``): subclasses name
+    its directory and writer (``dataset_dir``, ``ensure_dataset``). ``samples_per_shard`` counts episodes (the name
+    matches the shapes dataset, so ``debug`` configs fit every built-in dataset)."""
+
+    dataset_dir: Callable[..., Path]
+    ensure_dataset: Callable[..., Path]
+
+    def __init__(
+        self,
+        root: str | None,
+        dataset_seed: int,
+        num_train: int,
+        num_val: int,
+        image_size: int,
+        length: int,
+        samples_per_shard: int,
+        **kwargs,
+    ) -> None:
+        self.root = Path(root).expanduser() if root else default_cache_dir()
+        self.gen = {"seed": dataset_seed, "num_train": num_train, "num_val": num_val, "image_size": image_size, "length": length}
+        self.samples_per_shard = samples_per_shard
+        directory = type(self).dataset_dir(self.root, **self.gen)
+        super().__init__(
+            urls=shard_pattern(directory, "train", -(-num_train // samples_per_shard)),
+            val_urls=shard_pattern(directory, "val", -(-num_val // samples_per_shard)),
+            image_size=image_size,
+            **kwargs,
+        )
+
+    def prepare_data(self) -> None:
+        type(self).ensure_dataset(self.root, episodes_per_shard=self.samples_per_shard, **self.gen)
+
+
+class MovingShapesDataModule(GeneratedVideoDataModule):
     """The built-in moving-shapes videos (see :mod:`data_modules.moving_shapes`), written as shards on first use;
-    clips are labelled by shape class (``label_key=label``) or motion direction (``label_key=motion``).
-    ``samples_per_shard`` counts episodes (the name matches the shapes dataset, so ``debug`` configs fit both)."""
+    clips are labelled by shape class (``label_key=label``) or motion direction (``label_key=motion``)."""
+
+    dataset_dir = staticmethod(moving_shapes_dir)
+    ensure_dataset = staticmethod(ensure_moving_shapes_dataset)
 
     def __init__(
         self,
@@ -128,24 +173,11 @@ class MovingShapesDataModule(SequenceDataModule):
         label_key: str = "label",
         **kwargs,
     ) -> None:
-        self.root = Path(root).expanduser() if root else default_cache_dir()
-        self.gen = {"seed": dataset_seed, "num_train": num_train, "num_val": num_val, "image_size": image_size, "length": length}
-        self.samples_per_shard = samples_per_shard
         if label_key not in moving_shapes.CLASSES:
             raise ConfigError(f"data.label_key={label_key!r}: the moving-shapes episodes are labelled by {' or '.join(moving_shapes.CLASSES)}")
         if kwargs.get("num_classes") is None:
             kwargs["num_classes"] = len(moving_shapes.CLASSES[label_key])
-        directory = moving_shapes_dir(self.root, **self.gen)
-        super().__init__(
-            urls=shard_pattern(directory, "train", -(-num_train // samples_per_shard)),
-            val_urls=shard_pattern(directory, "val", -(-num_val // samples_per_shard)),
-            image_size=image_size,
-            label_key=label_key,
-            **kwargs,
-        )
-
-    def prepare_data(self) -> None:
-        ensure_moving_shapes_dataset(self.root, episodes_per_shard=self.samples_per_shard, **self.gen)
+        super().__init__(root, dataset_seed, num_train, num_val, image_size, length, samples_per_shard, label_key=label_key, **kwargs)
 
 
 def intuitive_physics_dir(root: str | os.PathLike, seed: int, num_train: int, num_val: int, image_size: int, length: int) -> Path:
@@ -163,17 +195,8 @@ def ensure_intuitive_physics_dataset(
 ) -> Path:
     """Generate the possible intuitive-physics clips (training and validation; no impossible ones) under ``root`` once."""
     target = intuitive_physics_dir(root, seed, num_train, num_val, image_size, length)
-    if (target / MANIFEST).is_file():
-        return target
-    start = time.perf_counter()
-    log.info("generating the built-in intuitive-physics videos into %s", target)
-    splits = {
-        split: (intuitive_physics.possible_clip(seed, split, i, image_size, length) for i in range(n))
-        for split, n in (("train", num_train), ("val", num_val))
-    }
-    write_episodes(target, splits, episodes_per_shard, frame_format="png", classes=intuitive_physics.CLASSES)
-    log.info("generated %d episodes in %.1fs", num_train + num_val, time.perf_counter() - start)
-    return target
+    args = (seed, num_train, num_val, image_size, length, episodes_per_shard)
+    return _generated_videos(target, intuitive_physics.possible_clip, *args, intuitive_physics.CLASSES, "intuitive-physics videos")
 
 
 def ensure_intuitive_physics_pairs(
@@ -215,10 +238,13 @@ def ensure_intuitive_physics_pairs(
     return target
 
 
-class IntuitivePhysicsDataModule(SequenceDataModule):
+class IntuitivePhysicsDataModule(GeneratedVideoDataModule):
     """The built-in intuitive-physics videos (see :mod:`data_modules.intuitive_physics`): possible clips only, written
     as shards on first use, for video objectives that later score surprise on impossible twins. Clips are labelled by
-    the ball's speed bin (``label``: ``speed``). ``samples_per_shard`` counts episodes."""
+    the ball's speed bin (``label``: ``speed``)."""
+
+    dataset_dir = staticmethod(intuitive_physics_dir)
+    ensure_dataset = staticmethod(ensure_intuitive_physics_dataset)
 
     def __init__(
         self,
@@ -231,22 +257,10 @@ class IntuitivePhysicsDataModule(SequenceDataModule):
         samples_per_shard: int = 250,
         **kwargs,
     ) -> None:
-        self.root = Path(root).expanduser() if root else default_cache_dir()
-        self.gen = {"seed": dataset_seed, "num_train": num_train, "num_val": num_val, "image_size": image_size, "length": length}
-        self.samples_per_shard = samples_per_shard
         kwargs.setdefault("label_key", "speed")
         if kwargs.get("num_classes") is None:
             kwargs["num_classes"] = len(intuitive_physics.CLASSES["speed"])
-        directory = intuitive_physics_dir(self.root, **self.gen)
-        super().__init__(
-            urls=shard_pattern(directory, "train", -(-num_train // samples_per_shard)),
-            val_urls=shard_pattern(directory, "val", -(-num_val // samples_per_shard)),
-            image_size=image_size,
-            **kwargs,
-        )
-
-    def prepare_data(self) -> None:
-        ensure_intuitive_physics_dataset(self.root, episodes_per_shard=self.samples_per_shard, **self.gen)
+        super().__init__(root, dataset_seed, num_train, num_val, image_size, length, samples_per_shard, **kwargs)
 
 
 def two_rooms_dir(root: str | os.PathLike, seed: int, num_train: int, num_val: int, image_size: int, length: int, env_tag: str) -> Path:
