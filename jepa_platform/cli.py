@@ -1,5 +1,5 @@
 """The ``jepa`` command: ``jepa train ...`` (Hydra app over conf/), ``jepa eval``, ``jepa export``, ``jepa list``, ``jepa data``,
-``jepa plan``, ``jepa compare``, ``jepa sync``.
+``jepa plan``, ``jepa compare``, ``jepa sync``, ``jepa surprise``.
 
 User errors (bad config, data, checkpoint or path) print one line starting with ``error:`` and exit with 2.
 """
@@ -28,6 +28,8 @@ commands:
   sync    upload what runs could not send to a tracking server that was away: jepa sync runs/<run>
   plan    evaluate a world model's planners (CEM, iCEM, MPPI, gradient) against baselines on held-out goals:
           jepa plan runs/<run> [--episodes 50] (jepa plan --help for options)
+  surprise  pairwise accuracy on impossible events (vanishing, teleporting, passing through walls...) of models that
+          predict future frames, next to the same model untrained: jepa surprise runs/<run> [runs/<baseline>...]
 """
 
 
@@ -82,6 +84,12 @@ def _plan(args: list[str]) -> int:
     return main(args)
 
 
+def _surprise(args: list[str]) -> int:
+    from jepa_platform.surprise.cli import main
+
+    return main(args)
+
+
 def _data(args: list[str]) -> int:
     import argparse
 
@@ -111,7 +119,22 @@ COMMANDS = {
     "plan": _plan,
     "compare": _compare,
     "sync": _sync,
+    "surprise": _surprise,
 }
+
+
+def run(*args: str, runs_dir: str | None = None, data_dir: str | None = None) -> str:
+    """``jepa <args>`` in a child process (notebooks, scripts): what it printed, or a ``RuntimeError`` with the end of
+    its error output; ``runs_dir`` and ``data_dir`` set ``JEPA_RUNS_DIR`` and ``JEPA_DATA_DIR`` for it."""
+    import os
+    import subprocess
+
+    env = dict(os.environ)
+    env.update({k: v for k, v in (("JEPA_RUNS_DIR", runs_dir), ("JEPA_DATA_DIR", data_dir)) if v})
+    done = subprocess.run([sys.executable, "-m", "jepa_platform.cli", *args], env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    return done.stdout
 
 
 def main(argv: list[str] | None = None) -> int:

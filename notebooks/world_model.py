@@ -26,8 +26,6 @@
 
 # %%
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -40,6 +38,7 @@ import torch
 from PIL import Image
 
 from jepa_platform.checkpoints import find_checkpoint, load_run_config, trained_objective
+from jepa_platform.cli import run
 from jepa_platform.config import build
 from jepa_platform.world_model.collect import collect
 from jepa_platform.world_model.envs import make_env
@@ -53,11 +52,7 @@ ENV = {"image_size": SIZE}
 
 def jepa(*args: str) -> str:
     """Run a `jepa` command and return what it printed."""
-    env = {**os.environ, "JEPA_RUNS_DIR": str(RUNS), "JEPA_DATA_DIR": str(WORK / "cache")}
-    done = subprocess.run([sys.executable, "-m", "jepa_platform.cli", *args], env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(done.stderr[-2000:])
-    return done.stdout
+    return run(*args, runs_dir=str(RUNS), data_dir=str(WORK / "cache"))
 
 
 # %% [markdown]

@@ -1,9 +1,14 @@
-"""Action-conditioned predictor of a world model: the next state's embedding from the current one and an action.
+"""Action-conditioned predictor of a world model: the next state's embedding from the current one, the action and,
+optionally, the embeddings just before it.
 
-Residual MLP blocks with adaptive LayerNorm (AdaLN, as in DiT and V-JEPA 2-AC's action conditioning): the action's
-embedding sets each block's scale, shift and gate, so that the action modulates every layer rather than being one
-more input feature. The prediction is a residual ``z + f(z, a)``: doing nothing is the easy default that the data
+Residual MLP blocks with adaptive LayerNorm (AdaLN, as in DiT and V-JEPA 2-AC's action conditioning): the
+condition's embedding sets each block's scale, shift and gate, so that it modulates every layer rather than being one
+more input feature. The prediction is a residual ``z + f(z, c)``: doing nothing is the easy default that the data
 corrects, which keeps long open-loop rollouts stable. Gates start at zero (the block starts as the identity).
+
+The condition is the action and the ``history - 1`` previous embeddings: one frame shows where things are, not how
+they move, so a model of passive dynamics (a ball under gravity, no actions: ``action_dim=0``) needs the frames
+before it to know velocity and acceleration.
 """
 
 from __future__ import annotations
@@ -29,42 +34,68 @@ class AdaLNBlock(nn.Module):
 
 
 class ActionConditionedPredictor(nn.Module):
-    """``predict(z, a)``: ``(..., D)`` embeddings and ``(..., A)`` actions to the next ``(..., D)`` embeddings;
-    ``rollout(z0, actions)``: open loop over ``(N, H, A)`` actions to ``(N, H, D)``.
+    """``forward(z, a, past)``: ``(..., D)`` embeddings, ``(..., A)`` actions and ``(..., history-1, D)`` previous
+    embeddings (oldest first) to the next ``(..., D)`` embeddings; ``rollout(z0, actions, past)``: open loop over
+    ``(N, H, A)`` actions to ``(N, H, D)``.
 
     Args:
         dim: embedding width.
-        action_dim: action width (an action chunk flattened).
-        hidden: hidden width of each block's MLP and of the action embedding.
+        action_dim: action width (an action chunk flattened); 0 for passive dynamics (no actions).
+        hidden: hidden width of each block's MLP and of the condition's embedding.
         depth: residual blocks.
+        history: embeddings the prediction sees, the current one included (1: the current one only).
     """
 
-    def __init__(self, dim: int, action_dim: int, hidden: int = 256, depth: int = 3) -> None:
+    def __init__(self, dim: int, action_dim: int, hidden: int = 256, depth: int = 3, history: int = 1) -> None:
         super().__init__()
-        self.dim, self.action_dim = dim, action_dim
-        self.action_embed = nn.Sequential(nn.Linear(action_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.dim, self.action_dim, self.history = dim, action_dim, history
+        cond_in = action_dim + (history - 1) * dim
+        self.hidden = hidden
+        # no actions and no history: the blocks are unconditioned (their modulation sees a zero condition)
+        self.action_embed = nn.Sequential(nn.Linear(cond_in, hidden), nn.GELU(), nn.Linear(hidden, hidden)) if cond_in else None
         self.blocks = nn.ModuleList(AdaLNBlock(dim, hidden, hidden) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
 
     #: methods besides ``forward`` that run the module (FSDP gathers its parameters for them too)
     fsdp_forward_methods = ("rollout",)
 
+    def condition(self, z: Tensor, a: Tensor, past: Tensor | None) -> Tensor:
+        """The embedded condition ``(..., hidden)`` of one step (``past`` defaults to copies of ``z``: still before)."""
+        if self.action_embed is None:
+            return z.new_zeros(*z.shape[:-1], self.hidden)
+        parts = [a]
+        if self.history > 1:
+            if past is None:
+                past = z.unsqueeze(-2).expand(*z.shape[:-1], self.history - 1, self.dim)
+            parts.append(past.flatten(-2))
+        return self.action_embed(torch.cat(parts, dim=-1))
+
     def step(self, z: Tensor, cond: Tensor) -> Tensor:
-        """One prediction from embeddings and embedded actions ``cond``."""
+        """One prediction from embeddings and an embedded condition ``cond``."""
         h = z
         for block in self.blocks:
             h = block(h, cond)
         return z + self.out(h)
 
-    def forward(self, z: Tensor, a: Tensor) -> Tensor:
-        return self.step(z, self.action_embed(a))
+    def forward(self, z: Tensor, a: Tensor, past: Tensor | None = None) -> Tensor:
+        return self.step(z, self.condition(z, a, past))
 
-    def rollout(self, z0: Tensor, actions: Tensor) -> Tensor:
-        """Open-loop predictions ``(N, H, D)`` from ``(N, D)`` and ``(N, H, A)``: each step feeds on the last (the
-        actions of every step are embedded in one batched call)."""
-        cond = self.action_embed(actions)  # (N, H, hidden)
-        z, out = z0, []
+    def rollout(self, z0: Tensor, actions: Tensor, past: Tensor | None = None) -> Tensor:
+        """Open-loop predictions ``(N, H, D)`` from ``(N, D)``, ``(N, H, A)`` actions and ``(N, history-1, D)``
+        previous embeddings: each step feeds on the last ones."""
+        if self.history == 1:
+            cond = self.condition(z0.unsqueeze(1).expand(-1, actions.shape[1], -1), actions, None)  # one batched call
+            z, out = z0, []
+            for t in range(actions.shape[1]):
+                z = self.step(z, cond[:, t])
+                out.append(z)
+            return torch.stack(out, dim=1)
+        if past is None:
+            past = z0.unsqueeze(1).expand(-1, self.history - 1, -1)
+        window = torch.cat([past, z0.unsqueeze(1)], dim=1)  # (N, history, D)
+        out = []
         for t in range(actions.shape[1]):
-            z = self.step(z, cond[:, t])
+            z = self(window[:, -1], actions[:, t], window[:, :-1])
             out.append(z)
+            window = torch.cat([window[:, 1:], z.unsqueeze(1)], dim=1)
         return torch.stack(out, dim=1)

@@ -198,3 +198,9 @@ def masked_prediction_per_sample(pred: Tensor, target: Tensor, kind: str = "smoo
 def normalised_targets(h: Tensor) -> Tensor:
     """Target representations layer-normalised over features, without affine parameters (I-JEPA)."""
     return F.layer_norm(h, h.shape[-1:])
+
+
+def prediction_error_per_token(pred: Tensor, target: Tensor, kind: str = "smooth_l1") -> Tensor:
+    """:func:`masked_prediction` of each predicted token ``(..., N)`` of ``(..., N, D)`` predictions: where in space
+    and time a prediction went wrong (surprise over time is its mean over each frame's tokens)."""
+    return _prediction_loss(pred, target, kind, "none").mean(dim=-1)

@@ -186,3 +186,29 @@ class FutureMaskSampler(MaskSampler):
         context = torch.arange(cut * per_frame).expand(batch_size, -1)
         target = torch.arange(cut * per_frame, (cut + self.horizon) * per_frame).expand(batch_size, 1, -1)
         return Masks(context.clone(), target.clone())
+
+
+def future_masks(batch_size: int, grid: Grid, context_frames: int, device: torch.device | str = "cpu") -> Masks:
+    """Context = every token of the first ``context_frames`` time steps, targets = every token after them (one target
+    set): what surprise scoring asks a video JEPA to predict."""
+    frames, height, width = grid
+    if not 1 <= context_frames < frames:
+        raise ConfigError(f"a context of {context_frames} frame(s) leaves nothing to predict in a window of {frames}: use 1..{frames - 1}")
+    per_frame = height * width
+    context = torch.arange(context_frames * per_frame, device=device).expand(batch_size, -1)
+    target = torch.arange(context_frames * per_frame, frames * per_frame, device=device).expand(batch_size, 1, -1)
+    return Masks(context.clone(), target.clone())
+
+
+class MixtureMaskSampler(MaskSampler):
+    """One of several samplers per batch, drawn with probabilities ``weights`` (e.g. V-JEPA's tubes and, half of the
+    time, the future frames, so that a video JEPA learns to predict what comes next as well as what is hidden)."""
+
+    def __init__(self, samplers: Sequence[MaskSampler], weights: Sequence[float]) -> None:
+        if len(samplers) != len(weights) or not samplers or min(weights) < 0 or sum(weights) <= 0:
+            raise ConfigError(f"a mask mixture needs one non-negative weight per sampler, with a positive sum: got {list(weights)}")
+        self.samplers, self.weights = list(samplers), torch.tensor([float(w) for w in weights])
+
+    def sample(self, batch_size: int, grid: Grid, generator: torch.Generator | None = None) -> Masks:
+        choice = int(torch.multinomial(self.weights, 1, generator=generator))
+        return self.samplers[choice].sample(batch_size, grid, generator)

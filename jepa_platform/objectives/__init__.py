@@ -8,6 +8,7 @@ from jepa_platform.objectives.ema_jepa import EMAJEPA
 from jepa_platform.objectives.h_jepa import HJEPA
 from jepa_platform.objectives.invariance_only import InvarianceOnly
 from jepa_platform.objectives.lejepa import LeJEPA
+from jepa_platform.objectives.pixel_predictor import PixelPredictor
 from jepa_platform.objectives.simclr import SimCLR
 from jepa_platform.objectives.vicreg import VICReg
 
@@ -20,6 +21,7 @@ __all__ = [
     "JointEmbeddingObjective",
     "LeJEPA",
     "Objective",
+    "PixelPredictor",
     "SelfSupervisedObjective",
     "SimCLR",
     "StepOutput",

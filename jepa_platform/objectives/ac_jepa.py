@@ -19,6 +19,10 @@ On a clip of frames ``x_0..x_H`` and actions ``a_0..a_{H-1}`` (a sequence DataMo
   measured at every validation and saved with the weights: planners may measure the energy to the goal in that
   space (``planning_embedding``), where it follows the distance travelled instead of saturating a few steps away.
 
+**Passive dynamics** (``action_dim=0``): clips without actions (a ball under gravity) train the same model with an
+unconditioned predictor; ``history`` > 1 lets each prediction see the embeddings of the frames before (velocity and
+acceleration are not in one frame). Such a model scores surprise (``jepa surprise``) by its prediction error.
+
 Validation logs ``val/rollout_energy/h<h>`` (open-loop error h steps ahead, h = 1..H) and ``val/state_error``; the
 frame embeddings are exposed to the evaluation callbacks (``repr/*``, ``emb/*``, ``val/repr/*``; a probe and kNN
 when the episodes carry labels).
@@ -53,9 +57,11 @@ class ACJEPA(Objective):
 
     Args:
         encoder, optimizer: see :class:`~jepa_platform.objectives.base.Objective` (also takes its other arguments).
-        action_dim: width of one step's (flattened) action.
+        action_dim: width of one step's (flattened) action; 0: no actions (passive dynamics, e.g. intuitive physics).
         state_dim: width of the states the state head regresses (0: no head).
         predictor_hidden, predictor_depth: the predictor's hidden width and residual blocks.
+        history: embeddings each prediction sees, the current one included (1: the current one only); clips need at
+            least ``history + 1`` frames. Planners give a start without past, which counts as ``history`` still frames.
         rollout_steps: open-loop steps of the rollout term (``None``: the whole clip).
         prediction_weight, rollout_weight: weights of the teacher-forced and open-loop terms.
         regulariser: ``vicreg`` (variance + covariance), ``sigreg`` or ``none`` (a control that collapses).
@@ -63,6 +69,13 @@ class ACJEPA(Objective):
         smooth_weight: weight of the temporal smoothness term ``|z_{t+1} - z_t|^2`` (PLDM): with the variance and
             covariance terms it favours slowly varying features, so that embedding distance follows distance
             travelled (walls included) rather than saturating a few steps away, which long-horizon planning needs.
+        motion_var_weight: weight of a variance hinge on the embeddings centred on each clip's mean (their change
+            over time): a varied but static scene satisfies the batch variance on its own, and prediction then gains
+            by encoding what moves weakly, which is what a model of dynamics (and its surprise) needs most.
+        uncertainty: learn the expected squared error of each one-step prediction (a head on the detached history,
+            Gaussian negative log-likelihood of the detached errors: it never shapes the model); surprise is then the
+            error in units of that expectation, so that moments that are always hard to predict (a bounce) count
+            less than a confident prediction that fails.
         stop_grad_targets: detach the target embeddings (an EMA-free BYOL-style variant).
         state_scale: the state head regresses ``states / state_scale`` (the environment's extent).
     """
@@ -79,6 +92,7 @@ class ACJEPA(Objective):
         state_dim: int = 2,
         predictor_hidden: int = 256,
         predictor_depth: int = 3,
+        history: int = 1,
         rollout_steps: int | None = None,
         prediction_weight: float = 1.0,
         rollout_weight: float = 1.0,
@@ -88,16 +102,25 @@ class ACJEPA(Objective):
         sigreg_weight: float = 0.1,
         num_slices: int = 256,
         smooth_weight: float = 0.0,
+        motion_var_weight: float = 0.0,
+        uncertainty: bool = False,
         stop_grad_targets: bool = False,
         state_scale: float = 1.0,
         **kwargs: Any,
     ) -> None:
         if regulariser not in REGULARISERS:
             raise ConfigError(f"objective.regulariser={regulariser!r} is not one of {', '.join(REGULARISERS)}")
-        if action_dim < 1 or state_dim < 0 or (rollout_steps is not None and rollout_steps < 1):
-            raise ConfigError("objective.action_dim >= 1, objective.state_dim >= 0 and objective.rollout_steps >= 1 (or null) are required")
+        if action_dim < 0 or state_dim < 0 or history < 1 or (rollout_steps is not None and rollout_steps < 1):
+            raise ConfigError(
+                "objective.action_dim >= 0, objective.state_dim >= 0, objective.history >= 1 and objective.rollout_steps >= 1 (or null) are required"
+            )
         super().__init__(encoder, optimizer, **kwargs)
-        self.predictor = ActionConditionedPredictor(self.feature_dim, action_dim, predictor_hidden, predictor_depth)
+        self.needs_actions = action_dim > 0
+        self.predictor = ActionConditionedPredictor(self.feature_dim, action_dim, predictor_hidden, predictor_depth, history)
+        width = history * self.feature_dim
+        self.uncertainty_head = (
+            nn.Sequential(nn.Linear(width, predictor_hidden), nn.GELU(), nn.Linear(predictor_hidden, self.feature_dim)) if uncertainty else None
+        )
         self.state_head = nn.Sequential(nn.Linear(self.feature_dim, 128), nn.GELU(), nn.Linear(128, state_dim)) if state_dim else None
         self.val_rollout: nn.ModuleList = nn.ModuleList()
         self.val_state_error = MeanMetric()
@@ -131,12 +154,49 @@ class ACJEPA(Objective):
             raise ConfigError("this world model has no state head (objective.state_dim=0): guardrails need one")
         return self.state_head(z) * self.hparams.state_scale
 
+    # -- surprise (jepa surprise) ---------------------------------------------------------------------------------
+    def surprise_window(self) -> tuple[int | None, int]:
+        """``(context, horizon)``: the frames a prediction sees, and one step ahead."""
+        return self.hparams.history, 1
+
+    @torch.no_grad()
+    def future_errors(self, frames: Tensor, context: int, actions: Tensor | None = None) -> Tensor:
+        """Mean squared error ``(B, L - context)`` of the embeddings of each frame after the first ``context`` of
+        windows ``(B, L, C, H, W)``, rolled out open loop from the context (its last ``history`` frames; a shorter
+        context counts as still before). ``actions`` ``(B, L - 1, A)`` are required when the model takes actions."""
+        length = frames.shape[1]
+        if not 1 <= context < length:
+            raise ConfigError(f"a context of {context} frame(s) leaves nothing to predict in a window of {length}: use 1..{length - 1}")
+        if self.hparams.action_dim and actions is None:
+            raise ConfigError("this world model takes actions: score clips whose episodes have actions (actions.npy)")
+        if actions is None:
+            actions = frames.new_zeros(frames.shape[0], length - 1, 0)
+        actions = actions.flatten(2) if actions.dim() == 4 else actions
+        z = self.encode(frames)
+        k = self.hparams.history
+        seen = z[:, :context]
+        if context < k:
+            seen = torch.cat([seen[:, :1].expand(-1, k - context, -1), seen], dim=1)
+        window, errors = seen[:, seen.shape[1] - k :], []
+        for t in range(context, length):  # open loop: each prediction feeds the next window
+            predicted = self.predictor(window[:, -1], actions[:, t - 1].to(z.dtype), window[:, :-1] if k > 1 else None)
+            squared = (predicted - z[:, t]).pow(2)
+            if self.uncertainty_head is not None:
+                squared = squared * torch.exp(-self.uncertainty_head(window.flatten(1)))
+            errors.append(squared.mean(dim=-1))
+            window = torch.cat([window[:, 1:], predicted.unsqueeze(1)], dim=1)
+        return torch.stack(errors, dim=1)
+
     def forward(self, x: Tensor) -> Tensor:
         """Frame embeddings: ``(B, D)`` for images, ``(B, T, D)`` for clips."""
         return self.encode(x)
 
     # -- loss -----------------------------------------------------------------------------------------------------
     def _clip(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        if "frames" in batch and not self.hparams.action_dim:  # passive dynamics: actions of width 0
+            frames = batch["frames"]
+            self._check_length(frames.shape[1])
+            return frames, frames.new_zeros(frames.shape[0], frames.shape[1] - 1, 0)
         if "frames" not in batch or "actions" not in batch:
             raise ConfigError(
                 f"ac_jepa trains on clips with actions, got keys {', '.join(batch)}: use a sequence DataModule whose episodes have actions"
@@ -147,9 +207,24 @@ class ACJEPA(Objective):
             raise ConfigError(
                 f"objective.action_dim={self.hparams.action_dim} but the data's actions have width {actions.shape[-1]}: set objective.action_dim"
             )
-        if frames.shape[1] < 2:
-            raise ConfigError("ac_jepa needs clips of at least 2 frames: set data.clip_length >= 2")
+        self._check_length(frames.shape[1])
         return frames, actions.to(frames.dtype)
+
+    def _check_length(self, frames: int) -> None:
+        if frames < self.hparams.history + 1:
+            raise ConfigError(
+                f"ac_jepa with history {self.hparams.history} needs clips of at least {self.hparams.history + 1} frames, got {frames}: "
+                "raise data.clip_length (or lower objective.history)"
+            )
+
+    def _history(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The current embeddings ``(B, n, D)`` of every step that has ``history`` frames up to it and a next frame, and
+        the previous ``history - 1`` embeddings of each ``(B, n, history-1, D)`` (``None`` for ``history`` 1)."""
+        k = self.hparams.history
+        if k == 1:
+            return z[:, :-1], None
+        windows = z.unfold(1, k, 1).movedim(-1, -2)[:, :-1]  # (B, L-k, k, D)
+        return windows[:, :, -1], windows[:, :, :-1]
 
     def regularisation(self, z: Tensor) -> dict[str, Tensor]:
         """Anti-collapse terms on frame embeddings ``(N, D)`` of the global batch."""
@@ -165,16 +240,32 @@ class ACJEPA(Objective):
         """The loss, the one-step energy of each clip ``(B,)``, and the frame embeddings ``(B, L, D)`` of one clip batch."""
         hp = self.hparams
         z = self.encode(frames)  # (B, L, D)
-        targets = z[:, 1:].detach() if hp.stop_grad_targets else z[:, 1:]
-        predictions = self.predictor(z[:, :-1], actions)
+        k = hp.history
+        targets = z[:, k:].detach() if hp.stop_grad_targets else z[:, k:]
+        actions = actions[:, k - 1 :]
+        current, past = self._history(z)
+        predictions = self.predictor(current, actions, past)
         one_step = F.mse_loss(predictions, targets)
+        if self.uncertainty_head is not None:
+            window = z.unfold(1, k, 1).movedim(-1, -2)[:, :-1].flatten(-2).detach()  # (B, L-k, k*D)
+            log_var = self.uncertainty_head(window)
+            squared = (predictions.detach() - targets.detach()).pow(2)
+            terms_uncertainty = 0.5 * (squared * torch.exp(-log_var) + log_var).mean()
+        else:
+            terms_uncertainty = None
         steps = min(hp.rollout_steps or actions.shape[1], actions.shape[1])
-        rollout = F.mse_loss(self.predictor.rollout(z[:, 0], actions[:, :steps]), targets[:, :steps])
+        rollout = F.mse_loss(self.predictor.rollout(z[:, k - 1], actions[:, :steps], z[:, : k - 1]), targets[:, :steps])
         terms = {"prediction": one_step, "rollout": rollout}
         total = hp.prediction_weight * one_step + hp.rollout_weight * rollout
+        if terms_uncertainty is not None:
+            terms["uncertainty"] = terms_uncertainty
+            total = total + terms_uncertainty
         if hp.smooth_weight:
             terms["smoothness"] = (z[:, 1:] - z[:, :-1]).pow(2).mean()
             total = total + hp.smooth_weight * terms["smoothness"]
+        if hp.motion_var_weight:
+            terms["motion_variance"] = variance(gather_with_grad((z - z.mean(dim=1, keepdim=True)).flatten(0, 1)))
+            total = total + hp.motion_var_weight * terms["motion_variance"]
         regs = self.regularisation(gather_with_grad(z.flatten(0, 1)))
         weights = {"variance": hp.var_weight, "covariance": hp.cov_weight, "sigreg": hp.sigreg_weight}
         for name, value in regs.items():
@@ -204,8 +295,9 @@ class ACJEPA(Objective):
         if dataloader_idx != 0:
             return
         self.val_slowness.update(z)
-        predicted = self.predictor.rollout(z[:, 0], actions)  # (B, H, D)
-        errors = (predicted - z[:, 1:]).pow(2).mean(dim=(0, 2))  # (H,)
+        k = self.hparams.history
+        predicted = self.predictor.rollout(z[:, k - 1], actions[:, k - 1 :], z[:, : k - 1])  # (B, H, D)
+        errors = (predicted - z[:, k:]).pow(2).mean(dim=(0, 2))  # (H,)
         while len(self.val_rollout) < len(errors):
             self.val_rollout.append(MeanMetric().to(self.device))
         for h, e in enumerate(errors):

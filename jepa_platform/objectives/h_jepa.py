@@ -52,7 +52,7 @@ from jepa_platform.encoders.predictor import MaskedPredictor
 from jepa_platform.errors import ConfigError
 from jepa_platform.losses.functional import LossOutput, masked_prediction, masked_prediction_per_sample, normalised_targets
 from jepa_platform.masking.collate import MaskPlan, effective_pool, model_input, pooled_grid
-from jepa_platform.masking.samplers import FutureMaskSampler, Grid, MultiBlockMaskSampler, gather_tokens
+from jepa_platform.masking.samplers import FutureMaskSampler, Grid, Masks, MultiBlockMaskSampler, gather_tokens
 from jepa_platform.objectives.base import BANK_LOADER
 from jepa_platform.objectives.masked import MaskedJEPA
 from jepa_platform.optim import OptimizerFactory
@@ -227,6 +227,18 @@ class HJEPA(MaskedJEPA):
             per_sample.append(masked_prediction_per_sample(pred.detach(), target, self.hparams.loss))
             context_features = ctx.mean(dim=1) if k == 0 else context_features
         return energies, per_sample, context_features
+
+    # -- surprise ---------------------------------------------------------------------------------------------------
+    def surprise_window(self) -> tuple[int | None, int]:
+        return None, int(self.specs[0].clip_mask.get("horizon", 1))
+
+    def predict_future_tokens(self, frames: Tensor, masks: Masks) -> tuple[Tensor, Tensor]:
+        """Level 1's prediction of the target frames' tokens from the context frames, and the target encoder's
+        layer-normalised tokens there: the fine-grained, short-range level is the one that predicts the next frames."""
+        grid = self.grid(frames)
+        context = self.level_context(0, self.encoder.embed_tokens(frames), masks.context, [grid], [(1, 1, 1)])
+        target = self.target.patch_features(self.target.encode_tokens(self.target.embed_tokens(frames)))
+        return self.predictors[0](context, masks.context, masks.targets, grid), gather_tokens(normalised_targets(target), masks.targets)
 
     # -- training -------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:

@@ -10,6 +10,10 @@ Masks: :meth:`train_collate` wraps the DataModule's collate with a :class:`MaskC
 :class:`MaskPlan` s, so masks are drawn in the workers. A batch without masks (a custom DataModule that drops the
 hook) gets them drawn in the training step instead, with a warning; validation draws them from a generator
 seeded by the batch index, so validation energies compare across epochs.
+
+Surprise (``jepa surprise``): :meth:`MaskedJEPA.future_errors` masks every token after the first ``context`` frames of
+a window and scores the predictor's error on each of the following frames, as V-JEPA's intuitive-physics evaluation
+does; subclasses say how they predict those tokens (:meth:`MaskedJEPA.predict_future_tokens`).
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ from torch import Tensor, nn
 from jepa_platform.callbacks.ema import EMATargetUpdate, ema_update
 from jepa_platform.distributed import gather_with_grad
 from jepa_platform.errors import ConfigError
-from jepa_platform.losses.functional import PREDICTION_LOSSES, covariance, random_directions, sigreg, variance
+from jepa_platform.losses.functional import PREDICTION_LOSSES, covariance, prediction_error_per_token, random_directions, sigreg, variance
 from jepa_platform.masking.collate import MaskCollate, MaskPlan, sample_masks, token_grid
-from jepa_platform.masking.samplers import Grid, Masks
+from jepa_platform.masking.samplers import Grid, Masks, future_masks
 from jepa_platform.objectives.base import SelfSupervisedObjective
 from jepa_platform.optim import OptimizerFactory
 
@@ -150,6 +154,26 @@ class MaskedJEPA(SelfSupervisedObjective):
     def forward(self, x: Tensor) -> Tensor:
         """Pooled features ``(B, D)`` of images or clips from the evaluation encoder (target by default)."""
         return self.eval_module(x)
+
+    # -- surprise ---------------------------------------------------------------------------------------------------
+    def surprise_window(self) -> tuple[int | None, int]:
+        """``(context, horizon)`` frames of the windows that surprise is scored on; ``None``: the clip length the run
+        trained on minus the horizon."""
+        return None, 1
+
+    def predict_future_tokens(self, frames: Tensor, masks: Masks) -> tuple[Tensor, Tensor]:
+        """Predictions and targets ``(B, 1, Nt, D)`` of the target tokens of ``masks`` (subclasses)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def future_errors(self, frames: Tensor, context: int) -> Tensor:
+        """Prediction error ``(B, L - context)`` of each frame after the first ``context`` of windows
+        ``(B, L, C, H, W)``: the tokens of those frames are masked and predicted from the context frames' tokens."""
+        grid = self.grid(frames)
+        masks = future_masks(frames.shape[0], grid, context, frames.device)
+        predictions, targets = self.predict_future_tokens(frames, masks)
+        errors = prediction_error_per_token(predictions, targets, self.hparams.loss)[:, 0]  # (B, Nt)
+        return errors.unflatten(1, (grid[0] - context, -1)).mean(dim=-1)
 
     # -- optional regularisers ------------------------------------------------------------------------------------
     def regularisers(self, pooled: Tensor) -> tuple[dict[str, Tensor], Tensor]:

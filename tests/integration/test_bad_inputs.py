@@ -155,6 +155,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("convert a missing source", ["data", "convert", "{root}/no-such-folder", "{root}/out"], "no-such-folder"),
     ("collect an unknown environment", ["data", "collect", "no_such_env", "{root}/collected"], "unknown environment 'no_such_env'"),
     ("plan a run that is not a world model", ["plan", "{run_dir}", "--no-mlflow"], "is not a world model"),
+    ("surprise from a run that predicts no frames", ["surprise", "{run_dir}", "--no-mlflow"], "does not predict future frames"),
     ("unknown command", ["trian"], "unknown command"),
 ]
 

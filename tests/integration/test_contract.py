@@ -15,10 +15,13 @@ from hydra.utils import instantiate
 from jepa_platform.config import group_options
 from jepa_platform.objectives.base import JointEmbeddingObjective
 from jepa_platform.registry import ENCODERS, OBJECTIVES
+from jepa_platform.surprise import FuturePredictor
 from jepa_platform.testing import build_objective, encoder_overrides, objective_batch, objective_class
 from jepa_platform.train import run_train
 
 OBJECTIVE_NAMES = OBJECTIVES.names()
+#: objectives that predict future frames (jepa surprise scores them), plugins included
+FUTURE_PREDICTORS = [n for n in OBJECTIVE_NAMES if issubclass(objective_class((f"objective={n}",)), FuturePredictor)]
 # encoder options: the presets in conf/encoder and every registered encoder that needs no argument
 ENCODER_OPTIONS = [o for o in group_options("encoder") if o != "timm"]
 
@@ -87,3 +90,27 @@ def test_encoder_contract(option: str, make_cfg):
     features.pow(2).mean().backward()
     missing = [n for n, p in encoder.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"encoder={option}: no gradient for {missing[:5]}"
+
+
+def test_the_video_objectives_predict_future_frames():
+    assert {"ac_jepa", "ema_jepa", "h_jepa", "pixel_predictor"} <= set(FUTURE_PREDICTORS)
+
+
+@pytest.mark.parametrize("name", FUTURE_PREDICTORS)
+def test_future_predictor_contract(name: str):
+    """``future_errors``: one finite, non-negative error per predicted frame, each window scored on its own, and a
+    prediction that depends on the context it was given."""
+    model = build_objective((f"objective={name}",)).eval()
+    context, horizon = model.surprise_window()
+    context = context or 3
+    length = context + horizon + 1
+    g = torch.Generator().manual_seed(0)
+    clips = torch.randn(3, length, 3, 32, 32, generator=g)
+    extra = {"actions": torch.rand(3, length - 1, 2, generator=g) * 2 - 1} if getattr(model, "needs_actions", False) else {}
+    errors = model.future_errors(clips, context, **extra)
+    assert errors.shape == (3, length - context) and torch.isfinite(errors).all() and (errors >= 0).all(), name
+    alone = model.future_errors(clips[1:2], context, **{k: v[1:2] for k, v in extra.items()})
+    assert torch.allclose(alone, errors[1:2], rtol=1e-4, atol=1e-6), f"{name}: windows of a batch are not scored independently"
+    other = clips.clone()
+    other[:, :context] = torch.randn(3, context, 3, 32, 32, generator=g)
+    assert not torch.allclose(model.future_errors(other, context, **extra), errors), f"{name}: the context does not matter"

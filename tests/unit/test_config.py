@@ -53,6 +53,8 @@ def test_compose_and_instantiate(group: str, option: str, make_cfg, tiny_dataset
         (option == "two_rooms" and group == "experiment") or getattr(objective_class(overrides), "needs_actions", False)
     ):
         debug = "fast_wm"
+    if group == "experiment" and option.startswith("surprise_"):
+        debug = "fast_physics"  # intuitive-physics clips; the experiment brings its own encoder
     cfg = make_cfg(*overrides, debug=debug)
     datamodule = instantiate(cfg.data, _convert_="all")
     assert isinstance(datamodule, L.LightningDataModule)
