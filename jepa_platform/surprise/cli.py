@@ -34,7 +34,7 @@ from jepa_platform.checkpoints import find_checkpoint, load_run_config, resolve_
 from jepa_platform.config import build
 from jepa_platform.errors import ConfigError, DataError
 from jepa_platform.surprise import FuturePredictor
-from jepa_platform.surprise.pairs import PairSet, read_pairs
+from jepa_platform.surprise.pairs import PairSet, first_difference, read_pairs
 from jepa_platform.surprise.scoring import score_pairs, summarise, surprise_over_time
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def score_model(model: Any, pairs: PairSet, transform: Any, context: int, horizo
     """Surprise curves of every pair's two clips and the pairwise summary."""
     tic = time.perf_counter()
     model = model.to(args.device).eval()
-    curves = {False: [], True: []}
+    curves: dict[bool, list[np.ndarray]] = {False: [], True: []}
     for impossible in (False, True):
         for i in range(0, len(pairs.pairs), 64):
             chunk = pairs.pairs[i : i + 64]
@@ -115,10 +115,24 @@ def score_model(model: Any, pairs: PairSet, transform: Any, context: int, horizo
                 continue
             frames = transform(torch.stack(clips).flatten(0, 1)).unflatten(0, (len(clips), -1))
             actions = _actions(chunk, impossible)
-            curves[impossible].extend(surprise_over_time(model, frames, context, horizon, args.batch_size, actions))
+            shared = [_shared_frames(p) for p in chunk] if impossible else None  # windows before the violation: the twin's
+            scored = surprise_over_time(model, frames, context, horizon, args.batch_size, actions, shared)
+            if shared is not None:
+                for row, twin, first in zip(scored, curves[False][i : i + 64], shared, strict=True):
+                    reach = min(max(first - horizon + 1, 0), len(row))
+                    row[:reach] = twin[:reach]
+            curves[impossible].extend(scored)
     possible, impossible_curves = _pad(curves[False]), _pad(curves[True])
     summary = summarise(score_pairs(possible, impossible_curves, [p.violation for p in pairs.pairs]), pairs.types)
     return Scored(name, possible, impossible_curves, summary, time.perf_counter() - tic)
+
+
+def _shared_frames(pair: Any) -> int:
+    """The first frame (or action step + 1) where a pair's two clips differ: windows ending before it are the same."""
+    first = first_difference(pair.possible, pair.impossible)
+    if pair.possible_actions is not None and pair.impossible_actions is not None:
+        first = min(first, first_difference(pair.possible_actions, pair.impossible_actions) + 1)
+    return first
 
 
 def _actions(chunk: list, impossible: bool) -> torch.Tensor | None:

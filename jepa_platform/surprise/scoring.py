@@ -21,16 +21,24 @@ from torch import Tensor
 
 @torch.no_grad()
 def surprise_over_time(
-    model: torch.nn.Module, clips: Tensor, context: int, horizon: int, batch_size: int = 256, actions: Tensor | None = None
+    model: torch.nn.Module,
+    clips: Tensor,
+    context: int,
+    horizon: int,
+    batch_size: int = 256,
+    actions: Tensor | None = None,
+    from_frame: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Surprise ``(N, T)`` (float64, ``NaN`` before ``context``) of clips ``(N, T, C, H, W)`` (normalised as the model
-    trained); every window of every clip goes through ``model.future_errors`` in batches of ``batch_size``."""
+    trained); every window of every clip goes through ``model.future_errors`` in batches of ``batch_size``.
+    ``from_frame[i]``: only the windows of clip ``i`` that reach that frame are scored (the others stay ``NaN``): the
+    impossible clip of a pair repeats its possible twin's windows up to the violation."""
     n, length = clips.shape[:2]
     span = context + horizon
     if length < span:
         raise ValueError(f"clips of {length} frames are shorter than a window of {context} context + {horizon} predicted frames")
     ends = range(context, length - horizon + 1)
-    windows = [(i, t) for i in range(n) for t in ends]
+    windows = [(i, t) for i in range(n) for t in ends if from_frame is None or t + horizon > from_frame[i]]
     out = np.full((n, length), math.nan)
     device = next(model.parameters()).device
     for start in range(0, len(windows), batch_size):

@@ -49,6 +49,14 @@ def test_surprise_at_t_is_the_error_of_the_frames_predicted_from_the_context_bef
     assert all(shape[1] == 5 for shape in model.calls) and max(shape[0] for shape in model.calls) <= 3  # batched windows
 
 
+def test_windows_before_a_clips_first_new_frame_are_left_to_its_twin():
+    clips = torch.rand(2, 8, 1, 2, 2)
+    full = surprise_over_time(FrameMean(), clips, context=3, horizon=2)
+    partial = surprise_over_time(FrameMean(), clips, context=3, horizon=2, from_frame=[6, 0])
+    assert np.isnan(partial[0, :5]).all() and np.allclose(partial[0, 5:7], full[0, 5:7])  # windows 3..4 end before frame 6
+    assert np.allclose(partial[1, 3:7], full[1, 3:7])
+
+
 def test_clips_shorter_than_a_window_are_refused():
     with pytest.raises(ValueError, match="shorter than a window"):
         surprise_over_time(FrameMean(), torch.zeros(1, 3, 1, 2, 2), context=3, horizon=1)
