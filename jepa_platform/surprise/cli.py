@@ -202,14 +202,17 @@ def main(argv: list[str]) -> int:
     length = min(len(p.possible) for p in pairs.pairs)
     print(f"{len(pairs.pairs)} pairs from {pair_spec}: " + ", ".join(f"{t} {sum(p.violation == t for p in pairs.pairs)}" for t in pairs.types))
 
-    all_scored: list[Scored] = []
-    per_run: list[tuple[Path, dict[str, Scored], int, int]] = []
-    for run_dir, cfg, ckpt, untrained in runs:
+    windows = []
+    for run_dir, cfg, _ckpt, untrained in runs:  # sizes and windows of every run are checked before any is scored
         size = int(cfg.data.get("image_size") or pairs.pairs[0].possible.shape[-1])
         if pairs.pairs[0].possible.shape[-1] != size:
             raise DataError(f"the pairs are {pairs.pairs[0].possible.shape[-1]} px, {run_dir} trained on {size} px: give pairs at the run's size")
+        windows.append(window(untrained, cfg, args, length))
+
+    all_scored: list[Scored] = []
+    per_run: list[tuple[Path, dict[str, Scored], int, int]] = []
+    for (run_dir, cfg, ckpt, untrained), (context, horizon) in zip(runs, windows, strict=True):
         transform = build(cfg.data.eval_transform, "data.eval_transform")
-        context, horizon = window(untrained, cfg, args, length)
         models: dict[str, Scored] = {}
         if ckpt is not None:
             model, _ = trained_objective(cfg.objective, ckpt)
