@@ -40,14 +40,15 @@ class PixelPredictor(EMAJEPA):
 
     Args:
         encoder, optimizer, predictor_*, masks: as :class:`~jepa_platform.objectives.EMAJEPA`.
+        loss: distance between predicted and true pixels (default ``l2``, the mean squared error).
         normalise_patches: regress each patch's pixels normalised by its own mean and variance (MAE's ``norm_pix``)
             instead of the frames' pixels.
         **kwargs: :class:`~jepa_platform.objectives.EMAJEPA` arguments (the EMA ones are unused).
     """
 
-    def __init__(self, encoder: nn.Module, optimizer: OptimizerFactory, normalise_patches: bool = False, **kwargs: Any) -> None:
+    def __init__(self, encoder: nn.Module, optimizer: OptimizerFactory, loss: str = "l2", normalise_patches: bool = False, **kwargs: Any) -> None:
         kwargs["eval_encoder"] = "context"
-        super().__init__(encoder, optimizer, **kwargs)
+        super().__init__(encoder, optimizer, loss=loss, **kwargs)
         self.target = None  # no target encoder: the targets are pixels
         hp = self.hparams
         channels = int(encoder.model.patch_embed.proj.in_channels)
