@@ -247,8 +247,8 @@ class ACJEPA(Objective):
         predictions = self.predictor(current, actions, past)
         one_step = F.mse_loss(predictions, targets)
         if self.uncertainty_head is not None:
-            window = z.unfold(1, k, 1).movedim(-1, -2)[:, :-1].flatten(-2).detach()  # (B, L-k, k*D)
-            log_var = self.uncertainty_head(window)
+            window = current if past is None else torch.cat([past.flatten(-2), current], dim=-1)  # (B, L-k, k*D), oldest first
+            log_var = self.uncertainty_head(window.detach())
             squared = (predictions.detach() - targets.detach()).pow(2)
             terms_uncertainty = 0.5 * (squared * torch.exp(-log_var) + log_var).mean()
         else:
