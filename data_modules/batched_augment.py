@@ -135,8 +135,9 @@ class BatchedViews(nn.Module):
     draws the same views as an uninterrupted one.
     """
 
-    def __init__(self, transforms: Sequence[Any], names: Sequence[str]) -> None:
+    def __init__(self, transforms: Sequence[Any], names: Sequence[str], shared: Any = None) -> None:
         super().__init__()
+        self.shared = translate(shared, "data.shared_transform")  # once per batch, before every view's pipeline
         self.pipelines = nn.ModuleList(translate(t, where) for t, where in zip(transforms, names, strict=True))
 
     def forward(self, images: Tensor, seed: int) -> list[Tensor]:
@@ -149,4 +150,5 @@ class BatchedViews(nn.Module):
             if devices:
                 with torch.cuda.device(images.device):
                     torch.cuda.manual_seed(seed)
+            x = self.shared(x)
             return [pipeline(x) for pipeline in self.pipelines]

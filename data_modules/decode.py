@@ -27,10 +27,14 @@ def encode_image(img: Image.Image, fmt: str, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def decode_image(data: bytes) -> Tensor:
-    """uint8 ``(3, H, W)`` tensor from encoded image bytes (PIL: torchvision.io's CPU decoders need libjpeg builds)."""
+def decode_image(data: bytes, channels: int = 3) -> Tensor:
+    """uint8 ``(channels, H, W)`` tensor from encoded image bytes: 3 (RGB; grey images are repeated) or 1 (luma;
+    colour images are converted). PIL, because torchvision.io's CPU decoders need libjpeg builds."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels={channels}: images decode to 3 (RGB) or 1 (grey) channels")
     with Image.open(io.BytesIO(data)) as img:
-        return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+        pixels = np.asarray(img.convert("RGB" if channels == 3 else "L")).copy()
+    return torch.from_numpy(pixels).permute(2, 0, 1) if channels == 3 else torch.from_numpy(pixels).unsqueeze(0)
 
 
 def decode_npy(data: bytes) -> np.ndarray:
@@ -62,9 +66,9 @@ def find_image_field(sample: dict) -> str:
     return field
 
 
-def decode_image_sample(sample: dict, label_key: str | None) -> dict:
-    """``{"image": uint8 (3, H, W), "label": int?, "__key__": str}`` from a raw sample."""
-    out = {"image": decode_image(sample[find_image_field(sample)]), "__key__": sample["__key__"]}
+def decode_image_sample(sample: dict, label_key: str | None, channels: int = 3) -> dict:
+    """``{"image": uint8 (channels, H, W), "label": int?, "__key__": str}`` from a raw sample."""
+    out = {"image": decode_image(sample[find_image_field(sample)], channels), "__key__": sample["__key__"]}
     if label_key and label_key in sample:
         out["label"] = decode_field(label_key, sample[label_key])
     return out

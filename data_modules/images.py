@@ -28,12 +28,12 @@ Transform = Callable[[Tensor], Tensor]
 class ImageViews:
     """One raw sample -> one item with every view (picklable, so it runs in DataLoader workers on any platform)."""
 
-    def __init__(self, transforms: Sequence[Transform | None], label_key: str | None) -> None:
-        self.transforms, self.label_key = list(transforms), label_key
+    def __init__(self, transforms: Sequence[Transform | None], label_key: str | None, channels: int = 3, shared: Transform | None = None) -> None:
+        self.transforms, self.label_key, self.channels, self.shared = list(transforms), label_key, channels, shared
 
     def __call__(self, raw: dict) -> list[dict[str, Any]]:
-        sample = decode_image_sample(raw, self.label_key)
-        image = sample["image"]
+        sample = decode_image_sample(raw, self.label_key, self.channels)
+        image = sample["image"] if self.shared is None else self.shared(sample["image"])
         out: dict[str, Any] = {"views": [t(image) if t is not None else image for t in self.transforms], "__key__": sample["__key__"]}
         if "label" in sample:
             out["label"] = sample["label"]
@@ -41,15 +41,15 @@ class ImageViews:
 
 
 class RawImages:
-    """One raw sample -> ``{"raw": uint8 (3, H, W), "label"?, "__key__"}`` for views made on the device: images are
+    """One raw sample -> ``{"raw": uint8 (C, H, W), "label"?, "__key__"}`` for views made on the device: images are
     batched as they are, so they must share one size, or ``raw_size`` resizes (shorter side) and centre-crops them."""
 
-    def __init__(self, label_key: str | None, raw_size: int | None) -> None:
-        self.label_key, self.raw_size = label_key, raw_size
+    def __init__(self, label_key: str | None, raw_size: int | None, channels: int = 3) -> None:
+        self.label_key, self.raw_size, self.channels = label_key, raw_size, channels
         self._shape: tuple[int, ...] | None = None
 
     def __call__(self, raw: dict) -> list[dict[str, Any]]:
-        sample = decode_image_sample(raw, self.label_key)
+        sample = decode_image_sample(raw, self.label_key, self.channels)
         image = sample.pop("image")
         if self.raw_size:
             image = F.center_crop(F.resize(image, self.raw_size, antialias=True), [self.raw_size, self.raw_size])
@@ -67,11 +67,11 @@ class RawImages:
 class ImageEval:
     """One raw sample -> ``{"image", "label"?, "__key__"}`` with the evaluation transform."""
 
-    def __init__(self, transform: Transform | None, label_key: str | None) -> None:
-        self.transform, self.label_key = transform, label_key
+    def __init__(self, transform: Transform | None, label_key: str | None, channels: int = 3) -> None:
+        self.transform, self.label_key, self.channels = transform, label_key, channels
 
     def __call__(self, raw: dict) -> list[dict[str, Any]]:
-        sample = decode_image_sample(raw, self.label_key)
+        sample = decode_image_sample(raw, self.label_key, self.channels)
         if self.transform is not None:
             sample["image"] = self.transform(sample["image"])
         return [sample]
@@ -95,6 +95,11 @@ class ImageDataModule(StreamingDataModule):
             ``device`` (batched on the model's device, translated from the same transforms with kornia).
         raw_size: with ``augment_on=device``, resize and centre-crop decoded images to this side in the workers
             (``None``: the images already share one size).
+        channels: 3 (RGB; grey images repeated) or 1 (grey; colour images converted to luma): what every image
+            decodes to, whatever its file holds. The encoder reads it (``encoder.in_chans``).
+        shared_transform: applied once per sample before every view's own transform, so that the views share it:
+            a crop and flip here and colour transforms per view give pixel-aligned views that differ in colour only
+            (what a masked JEPA's ``target_view`` needs).
         **kwargs: :class:`~data_modules.streaming.StreamingDataModule` arguments (urls, batch size, epochs...).
     """
 
@@ -113,8 +118,12 @@ class ImageDataModule(StreamingDataModule):
         knn_bank_size: int = 10000,
         augment_on: Literal["workers", "device"] = "workers",
         raw_size: int | None = None,
+        channels: int = 3,
+        shared_transform: Transform | None = None,
         **kwargs: Any,
     ) -> None:
+        if channels not in (1, 3):
+            raise ConfigError(f"data.channels={channels}: use 3 (RGB) or 1 (grey)")
         if kwargs.get("num_workers") == "auto":
             kwargs["num_workers"] = auto_workers(decode_only=augment_on == "device")
         super().__init__(urls, **kwargs)
@@ -131,19 +140,19 @@ class ImageDataModule(StreamingDataModule):
         self.knn_bank_size = knn_bank_size
         if augment_on not in ("workers", "device"):
             raise ConfigError(f"data.augment_on={augment_on!r}: use workers (per sample, CPU) or device (batched, kornia)")
-        self.augment_on, self.raw_size = augment_on, raw_size
+        self.augment_on, self.raw_size, self.channels, self.shared_transform = augment_on, raw_size, channels, shared_transform
         self.batched_views = None
         if augment_on == "device":
             from data_modules.batched_augment import BatchedViews  # imports kornia
 
             names = ["data.view_transform"] * len(globals_) + ["data.local_transform"] * num_local_crops
-            self.batched_views = BatchedViews(self.view_transforms, names)
+            self.batched_views = BatchedViews(self.view_transforms, names, shared=shared_transform)
         self._device_batches = 0  # batches made into views outside a Trainer (their seed's position)
 
     def train_process(self) -> ImageViews | RawImages:
         if self.augment_on == "device":
-            return RawImages(self.label_key, self.raw_size)
-        return ImageViews(self.view_transforms, self.label_key)
+            return RawImages(self.label_key, self.raw_size, self.channels)
+        return ImageViews(self.view_transforms, self.label_key, self.channels, self.shared_transform)
 
     def views_seed(self) -> int:
         """The seed of the next batch's device views: the run's seed, this rank and the batch's place in the epoch plan,
@@ -167,4 +176,4 @@ class ImageDataModule(StreamingDataModule):
     def eval_process(self) -> ImageEval:
         if self.eval_transform is None:
             raise ConfigError("data.eval_transform is required for evaluation: set it (e.g. ToDtype + Normalize)")
-        return ImageEval(self.eval_transform, self.label_key)
+        return ImageEval(self.eval_transform, self.label_key, self.channels)

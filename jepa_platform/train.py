@@ -213,6 +213,10 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if trainer.is_global_zero:
         _print_summary(metrics, output_dir, logger)
+        if cfg.get("final_eval"):
+            from jepa_platform.eval.cli import evaluate_run
+
+            metrics.update(evaluate_run(output_dir))
     return metrics
 
 

@@ -56,6 +56,16 @@ def evaluate(encoder: torch.nn.Module, datamodule, num_classes: int, args: argpa
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     run_dir = resolve_run(args.run, Path(args.runs_dir))
+    evaluate_run(run_dir, args)
+    return 0
+
+
+def evaluate_run(run_dir: Path, args: argparse.Namespace | None = None) -> dict[str, float]:
+    """``jepa eval`` on one run directory (``args``: the parsed options, default: ``jepa eval``'s defaults): prints
+    the table, writes ``eval.json`` and logs the ``eval/*`` metrics to the run's MLflow run (unless ``no_mlflow``).
+    ``jepa train final_eval=true`` calls it when training ends, so that a sweep's runs carry their frozen-probe
+    results and ``jepa compare`` tabulates them."""
+    args = args or _parser().parse_args([str(run_dir)])
     cfg = load_run_config(run_dir)
     num_classes = cfg.data.get("num_classes")
     if not num_classes:
@@ -73,11 +83,14 @@ def main(argv: list[str]) -> int:
         torch.manual_seed(cfg.seed)
         model = build(cfg.objective, "objective")
         results.update({f"eval/random_init/{k}": v for k, v in evaluate(model, datamodule, num_classes, args).items()})
+    for metric in ("linear_probe_acc", "knn_acc"):
+        if f"eval/{metric}" in results and f"eval/random_init/{metric}" in results:
+            results[f"eval/gain/{metric}"] = results[f"eval/{metric}"] - results[f"eval/random_init/{metric}"]
 
     _report(results, run_dir)
     if not args.no_mlflow:
         _log_mlflow(results, run_dir)
-    return 0
+    return results
 
 
 def _report(results: dict[str, float], run_dir: Path) -> None:
@@ -86,9 +99,8 @@ def _report(results: dict[str, float], run_dir: Path) -> None:
     for name, prefix in (("trained", "eval/"), ("random init", "eval/random_init/")):
         if f"{prefix}linear_probe_acc" in results:
             print(f"{name:<14}{results[prefix + 'linear_probe_acc']:>14.4f}{results[prefix + 'knn_acc']:>10.4f}")
-    if "eval/linear_probe_acc" in results and "eval/random_init/linear_probe_acc" in results:
-        gain = 100 * (results["eval/linear_probe_acc"] - results["eval/random_init/linear_probe_acc"])
-        print(f"trained minus random init (linear probe): {gain:+.1f} points")
+    if "eval/gain/linear_probe_acc" in results:
+        print(f"trained minus random init (linear probe): {100 * results['eval/gain/linear_probe_acc']:+.1f} points")
     (run_dir / "eval.json").write_text(json.dumps(results, indent=2))
 
 

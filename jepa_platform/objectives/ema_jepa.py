@@ -106,7 +106,7 @@ class EMAJEPA(MaskedJEPA):
         masks = self.batch_masks(batch, x)["jepa"]
         grid = self.grid(x)
         with torch.no_grad():
-            encoded = self.target.encode_tokens(self.target.embed_tokens(x))
+            encoded = self.target.encode_tokens(self.target.embed_tokens(self.target_input(batch, x)))
             features = self.target.pool_tokens(encoded)
             targets = gather_tokens(normalised_targets(self.target.patch_features(encoded)), masks.targets)
         context = self.encoder.patch_features(self.encoder.encode_tokens(self.encoder.embed_tokens(x), masks.context))

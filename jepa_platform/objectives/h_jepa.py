@@ -245,7 +245,7 @@ class HJEPA(MaskedJEPA):
         x = model_input(batch)
         masks = self.batch_masks(batch, x)
         with torch.no_grad():
-            reps = self.stack(x)
+            reps = self.stack(self.target_input(batch, x))
             pooled = self.pooled(reps)
         energies, per_sample, context_features = self.level_energies(x, masks, reps)
         terms = {f"level{k + 1}": e for k, e in enumerate(energies)}

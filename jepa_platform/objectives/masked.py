@@ -51,6 +51,10 @@ class MaskedJEPA(SelfSupervisedObjective):
         var_weight, cov_weight: optional VICReg variance / covariance terms on the pooled context features
             (gathered over ranks); 0 disables.
         sigreg_weight, sigreg_slices: optional SIGReg on the pooled context features; 0 disables.
+        target_view: the view of an image batch that the target encoder sees: 0, the context's own view (I-JEPA),
+            or another view of the same image that shares its geometry (``data.shared_transform``) and differs
+            in colour, as the target view of MSN (Assran et al. 2022): the predicted targets then carry what the
+            colour augmentations leave unchanged instead of the colours themselves.
         **kwargs: :class:`SelfSupervisedObjective` arguments (num_classes, weight_decay, warmup...).
     """
 
@@ -69,6 +73,7 @@ class MaskedJEPA(SelfSupervisedObjective):
         cov_weight: float = 0.0,
         sigreg_weight: float = 0.0,
         sigreg_slices: int = 256,
+        target_view: int = 0,
         weight_decay: float = 0.05,
         **kwargs: Any,
     ) -> None:
@@ -87,6 +92,8 @@ class MaskedJEPA(SelfSupervisedObjective):
             raise ConfigError(f"objective.loss={loss!r} is not one of {', '.join(PREDICTION_LOSSES)}")
         if eval_encoder not in EVAL_ENCODERS:
             raise ConfigError(f"objective.eval_encoder={eval_encoder!r} is not one of {', '.join(EVAL_ENCODERS)}")
+        if target_view < 0:
+            raise ConfigError(f"objective.target_view={target_view} must be 0 (the context's view) or the index of another view")
         super().__init__(encoder, optimizer, **kwargs)
         EMATargetUpdate(momentum_start, momentum_end)  # validate the schedule now
         # Masked prediction trains the tokens, not timm's pooling head (fc_norm, attention pool): freeze it, so that
@@ -123,6 +130,19 @@ class MaskedJEPA(SelfSupervisedObjective):
 
     def train_collate(self, inner: Callable[[list[Any]], dict]) -> Callable[[list[Any]], dict]:
         return MaskCollate(self.mask_plans(), self.patch_size, inner)
+
+    def target_input(self, batch: Mapping[str, Any], x: Tensor) -> Tensor:
+        """What the target encoder sees: ``x`` (the context's input), or view ``target_view`` of an image batch."""
+        view = self.hparams.target_view
+        if not view:
+            return x
+        views = batch.get("views") or []
+        if view >= len(views):
+            raise ConfigError(
+                f"objective.target_view={view} needs image batches with at least {view + 1} views (this one has {len(views)}; clips have "
+                "none): set data.num_views, with a data.shared_transform so that the views are pixel-aligned"
+            )
+        return views[view]
 
     def grid(self, x: Tensor) -> Grid:
         return token_grid(x, self.patch_size)

@@ -30,6 +30,12 @@ from jepa_platform.errors import ConfigError
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("probe_acc", "val/probe_acc"),
     ("knn_acc", "val/knn_acc"),
+    # frozen-encoder evaluation (jepa eval, or jepa train final_eval=true): trained, randomly initialised, the gain
+    ("linear", "eval/linear_probe_acc"),
+    ("linear_random", "eval/random_init/linear_probe_acc"),
+    ("linear_gain", "eval/gain/linear_probe_acc"),
+    ("knn", "eval/knn_acc"),
+    ("knn_random", "eval/random_init/knn_acc"),
     ("rank", "val/repr/rank"),
     ("std", "val/repr/std_mean"),
     ("uniformity", "val/repr/uniformity"),

@@ -19,11 +19,12 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> dict:
-    """``jepa train -m objective=vicreg,simclr seed=0,1`` (one short epoch each, every run logging its encoder)."""
+    """``jepa train -m objective=vicreg,simclr seed=0,1`` (one short epoch each, every run logging its encoder and
+    ending with the frozen-encoder evaluation)."""
     root = tmp_path_factory.mktemp("sweep")
     runs = root / "runs"
     args = ["train", "-m", "debug=fast", f"paths.runs_dir={runs}", f"paths.data_dir={data_root}", "objective=vicreg,simclr", "seed=0,1"]
-    args += ["++trainer.limit_train_batches=4", "++trainer.limit_val_batches=1", "trainer.enable_progress_bar=false"]
+    args += ["++trainer.limit_train_batches=4", "++trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", "final_eval=true"]
     args += ["callbacks.encoder_model={_target_:jepa_platform.callbacks.EncoderModel}"]
     args += ["callbacks.embedding_plots={_target_:jepa_platform.callbacks.EmbeddingPlots}"]
     result = run_jepa(args)
@@ -59,6 +60,10 @@ def test_compare_table_groups_seeds_in_every_format(sweep: dict, tmp_path: Path)
     rows = list(csv.DictReader(io.StringIO(csv_out.stdout)))
     assert len(rows) == 2 and all(0 <= float(r["probe_acc_mean"]) <= 1 and float(r["wall_s_mean"]) > 0 for r in rows)
     assert {"rank_mean", "std_mean", "energy_mean", "samples_per_s_mean", "uniformity_mean", "alignment_mean"} <= set(rows[0])
+    # final_eval=true: the frozen linear probe and kNN of each run, of its random initialisation, and the gain
+    for r in rows:
+        assert abs(float(r["linear_mean"]) - float(r["linear_random_mean"]) - float(r["linear_gain_mean"])) < 1e-6
+        assert 0 <= float(r["knn_mean"]) <= 1 and 0 <= float(r["knn_random_mean"]) <= 1
     records = json.loads(run_jepa(["compare", "--experiment", "jepa", "--format", "json", "--no-log", "--out", str(tmp_path / "j")], env).stdout)
     assert sorted(len(r["runs"]) for r in records) == [2, 2]
     means = [r["metrics"]["probe_acc"]["mean"] for r in records]

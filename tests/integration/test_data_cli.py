@@ -136,6 +136,31 @@ def test_converted_folder_trains_end_to_end(tmp_path: Path):
     assert "num_classes: 3" in config
 
 
+@pytest.mark.parametrize("augment_on", ["workers", "device"])
+def test_grey_images_train_with_the_small_image_preset(tmp_path: Path, augment_on: str):
+    """Single-channel images, converted as they are, train with data=small_images_gray and no transform written by
+    the user: they decode to one channel, the encoder takes one, on both augmentation paths; jepa eval reads them."""
+    src = tmp_path / "src"
+    for label, name in enumerate(("circle", "square", "star")):
+        (src / name).mkdir(parents=True)
+        for i in range(24):
+            Image.fromarray(render(0, "train", label * 1000 + i)[0]).convert("L").save(src / name / f"{i}.png")
+    env = {"JEPA_RUNS_DIR": str(tmp_path / "runs")}
+    converted = run_jepa(["data", "convert", str(src), str(tmp_path / "shards"), "--shard-size", "16", "--no-progress"], env)
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    trained = run_jepa(
+        ["train", "data=small_images_gray", f"data.urls={tmp_path / 'shards'}", f"data.augment_on={augment_on}", "data.batch_size=16",
+         "data.num_workers=0", "data.val_batch_size=32", "data.knn_bank_size=32", "encoder=tiny", "trainer=cpu", "trainer.max_epochs=1",
+         "objective.projector_dims=[32,32]", "final_eval=true", "logger=none", "callbacks.encoder_model=null"],
+        env,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    config = next((tmp_path / "runs").glob("*/config.yaml")).read_text()
+    assert "channels: 1" in config and "in_chans: 1" in config
+    results = json.loads(next((tmp_path / "runs").glob("*/eval.json")).read_text())
+    assert {"eval/linear_probe_acc", "eval/random_init/linear_probe_acc", "eval/gain/linear_probe_acc"} <= set(results)
+
+
 @pytest.mark.slow  # 27 s; skipping itself is covered by tests/unit/test_data.py
 def test_skipped_samples_reach_mlflow(tiny_dataset: Path, tmp_path: Path, make_cfg):
     import mlflow

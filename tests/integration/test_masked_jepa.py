@@ -127,6 +127,24 @@ def test_extra_regularisers_are_logged(make_cfg):
         assert math.isfinite(metrics[f"train/loss/{term}"])
 
 
+@pytest.mark.parametrize("objective", ["ema_jepa", "h_jepa"])
+def test_target_view_is_the_colour_twin_of_the_context_view(objective: str, make_cfg):
+    """objective.target_view=1 (the recipes' MSN-style target): the target encoder sees view 1, the context view 0;
+    the loss then depends on view 1, and a batch without it is a one-line error."""
+    cfg = make_cfg(f"objective={objective}", "objective.target_view=1", debug="fast_vit")
+    model = build(cfg.objective, "objective")
+    model.log = model.log_loss = model.expose = lambda *a, **k: None
+    x, twin = torch.randn(2, 4, 3, 32, 32).unbind(0)
+    batch = {"views": [x, twin], "batch_seed": 0}
+    assert model.target_input(batch, x) is twin
+    torch.manual_seed(0)
+    loss = model.training_step(batch, 0)
+    torch.manual_seed(0)
+    assert not torch.allclose(loss, model.training_step({"views": [x, x], "batch_seed": 0}, 0))
+    with pytest.raises(ConfigError, match=r"target_view=1 needs image batches with at least 2 views .* data.shared_transform"):
+        model.training_step({"views": [x], "batch_seed": 0}, 0)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

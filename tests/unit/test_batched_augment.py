@@ -178,3 +178,55 @@ def test_masked_jepa_trains_on_device_views(tmp_path: Path, data_root: Path):
     run = run_jepa(["train", "objective=ema_jepa", "debug=fast_vit", "data.augment_on=device", "trainer.limit_train_batches=3", "logger=none"], env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "final: val/probe_acc=" in run.stdout and "batch has no masks" not in run.stderr
+
+
+@pytest.mark.parametrize("preset", ["small_images", "small_images_gray"])
+def test_small_image_presets_match_on_both_paths(preset: str, make_cfg):
+    """data=small_images(_gray): the CIFAR-style views run batched on the device with the same pixel statistics, on
+    the channels the preset decodes to (one for grey images: no saturation, hue or greyscale in its jitter)."""
+    from hydra.utils import instantiate
+
+    cfg = make_cfg(f"data={preset}", "data.urls=unused")
+    transform = instantiate(cfg.data.view_transform, _convert_="all")
+    channels = cfg.data.channels
+    assert channels == (1 if preset.endswith("gray") else 3) and cfg.encoder.in_chans == channels
+    assert not any(isinstance(t, v2.GaussianBlur) for t in _flatten(transform))  # no blur at 32 px
+    noise = torch.randint(0, 256, (N, channels, 32, 32), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    per_sample, batched = both_paths(transform, noise)
+    assert batched.shape == per_sample.shape == (N, channels, 32, 32)
+    for name, stat in {"mean": lambda x: x.mean((1, 2, 3)), "std": lambda x: x.std((1, 2, 3))}.items():
+        assert distance(stat(per_sample), stat(batched)) < MAX_DISTANCE, name
+
+
+def _flatten(t) -> list:
+    inner = getattr(t, "transforms", None)
+    return [t] if inner is None else [leaf for child in inner for leaf in _flatten(child)]
+
+
+def test_shared_transform_makes_views_that_differ_in_colour_only():
+    """data.shared_transform runs once per sample before each view's own transform, on both paths: one crop for
+    every view of an image, so that views are pixel-aligned (what objective.target_view needs)."""
+    from data_modules.images import ImageViews
+
+    shared = v2.Compose([v2.RandomResizedCrop(16, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip()])
+    to_float = v2.ToDtype(torch.float32, scale=True)
+    images = coordinate_images(32)[:64]
+    first, second = BatchedViews([to_float, to_float], ["a", "b"], shared=shared)(images, seed=0)
+    assert first.shape == (64, 3, 16, 16) and torch.equal(first, second)
+    unshared = BatchedViews([v2.Compose([shared, to_float])] * 2, ["a", "b"])(images, seed=0)
+    assert not torch.equal(*unshared)  # without it each view draws its own crop
+
+    from PIL import Image
+
+    from data_modules.decode import encode_image
+
+    raw = {"__key__": "k", "png": encode_image(Image.fromarray(images[0].permute(1, 2, 0).numpy()), "png", 90)}
+    brighter = v2.Compose([v2.ColorJitter(brightness=(1.5, 1.5)), to_float])
+    torch.manual_seed(0)
+    for sharing in (shared, None):
+        transforms = [to_float, brighter] if sharing else [v2.Compose([shared, to_float]), v2.Compose([shared, brighter])]
+        a, b = ImageViews(transforms, None, shared=sharing)(raw)[0]["views"]
+        if sharing:  # the same pixels, brightened: x 1.5 up to saturation
+            assert a.shape == b.shape == (3, 16, 16) and torch.allclose(b, (a * 1.5).clamp(max=1), atol=1 / 255)
+        else:
+            assert not torch.allclose(b, (a * 1.5).clamp(max=1), atol=1 / 255)

@@ -35,7 +35,7 @@ def test_every_config_file_is_covered():
 @pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
 def test_compose_and_instantiate(group: str, option: str, make_cfg, tiny_dataset: Path, tiny_sequences: Path):
     overrides = [f"{group}={option}"]
-    if group == "data" and option == "images":
+    if group == "data" and option in ("images", "small_images", "small_images_gray"):
         overrides += [f"data.urls={tiny_dataset}", "data.image_size=32", "data.num_workers=0"]
     if group == "data" and option == "sequences":
         overrides += [f"data.urls={tiny_sequences}", "data.image_size=16", "data.batch_size=4", "data.num_workers=0"]
@@ -43,7 +43,7 @@ def test_compose_and_instantiate(group: str, option: str, make_cfg, tiny_dataset
         overrides = []  # debug=fast is already applied; the hydra group is composed by every run
     if group == "trainer" and option == "gpu":
         overrides.append("trainer.accelerator=cpu")  # no GPU in CI: check the rest of the file
-    own_data = group == "data" and option in ("images", "sequences")
+    own_data = group == "data" and option in ("images", "small_images", "small_images_gray", "sequences")
     debug: bool | str = not own_data
     if (group not in ("debug", "hydra") and getattr(objective_class(overrides), "needs_token_encoder", False)) or option == "fast_vit":
         debug = "fast_vit"  # the masked JEPAs need a ViT and have no projector

@@ -78,7 +78,7 @@ def test_metadata_that_would_run_code_is_refused_even_with_a_valid_manifest(shar
 
 
 def test_every_shipped_config_passes_the_allowlist():
-    for overrides in ([], ["debug=fast"], ["experiment=ijepa_shapes"], ["trainer=fsdp"], ["data=moving_shapes", "objective=h_jepa"]):
+    for overrides in ([], ["debug=fast"], ["experiment=ema_jepa_shapes"], ["trainer=fsdp"], ["data=moving_shapes", "objective=h_jepa"]):
         check_targets(job_config(compose_config(overrides)), "conf")
 
 
