@@ -14,13 +14,21 @@ pytestmark = pytest.mark.slow
 
 GAIN = "eval/gain/linear_probe_acc"
 
-#: frozen linear-probe points over random init that each recipe must reach (seed 0); measured in docs/objectives.md
-MARGINS = {
-    "simclr_shapes": 0.10,
-    "barlow_shapes": 0.10,
-    "vicreg_shapes": 0.10,
-    "sigreg_shapes": 0.10,
+#: frozen linear-probe gain over random init that every recipe must reach (seed 0): the issue's +10 points
+MARGIN = 0.10
+#: recipes that do not reach it yet, with what they measured (docs/objectives.md): strict xfail, so that a recipe
+#: that starts to pass fails here until it is moved out of this list
+MISSING = {
+    "ema_jepa_shapes": "measured -1.9 points (0.1050 against 0.1244): the masked JEPA does not learn the classes in 10 CPU minutes",
+    "h_jepa_shapes": "measured -6.6 points (0.1522 against 0.2182): the masked JEPA does not learn the classes in 12 CPU minutes",
 }
+RECIPES = [
+    pytest.param(name, marks=pytest.mark.xfail(reason=MISSING[name], strict=True) if name in MISSING else ())
+    for name in ("simclr_shapes", "barlow_shapes", "vicreg_shapes", "sigreg_shapes", "ema_jepa_shapes", "h_jepa_shapes")
+]
+#: the control must stay within the probe's noise of random init: two points (the trained encoder's BatchNorm
+#: statistics have seen the data, the random one's have not, which alone moves the probe by about one point)
+CONTROL_NOISE = 0.02
 
 
 def _gain(make_cfg, experiment: str, seed: int = 0) -> float:
@@ -30,15 +38,15 @@ def _gain(make_cfg, experiment: str, seed: int = 0) -> float:
     return metrics[GAIN]
 
 
-@pytest.mark.parametrize("experiment", sorted(MARGINS))
+@pytest.mark.parametrize("experiment", RECIPES)
 def test_recipe_beats_random_init(experiment: str, make_cfg):
     gain = _gain(make_cfg, experiment)
-    assert gain >= MARGINS[experiment], f"{experiment}: {100 * gain:+.1f} points over random init, below its {100 * MARGINS[experiment]:+.0f}"
+    assert gain >= MARGIN, f"{experiment}: {100 * gain:+.1f} points over random init, below {100 * MARGIN:+.0f}"
 
 
 def test_control_does_not_beat_random_init(make_cfg):
     gain = _gain(make_cfg, "invariance_only_shapes")
-    assert gain <= 0.0, f"invariance_only_shapes must not learn, but gains {100 * gain:+.1f} points"
+    assert gain <= CONTROL_NOISE, f"invariance_only_shapes must not learn, but gains {100 * gain:+.1f} points"
 
 
 def test_demo_gains_15_points_over_seeds(make_cfg):
