@@ -94,8 +94,11 @@ def test_eval_compares_with_random_init(trained, capsys):
     _, _, run_dir = trained
     assert eval_cli.main([str(run_dir), "--train-samples", "256"]) == 0
     results = json.loads((run_dir / "eval.json").read_text())
-    assert set(results) == {"eval/linear_probe_acc", "eval/knn_acc", "eval/random_init/linear_probe_acc", "eval/random_init/knn_acc"}
-    assert all(0.0 <= v <= 1.0 for v in results.values())
+    accuracies = {"eval/linear_probe_acc", "eval/knn_acc", "eval/random_init/linear_probe_acc", "eval/random_init/knn_acc"}
+    assert set(results) == accuracies | {"eval/gain/linear_probe_acc", "eval/gain/knn_acc"}
+    assert all(0.0 <= results[k] <= 1.0 for k in accuracies)
+    for metric in ("linear_probe_acc", "knn_acc"):  # the gain over random init, in the run too
+        assert results[f"eval/gain/{metric}"] == results[f"eval/{metric}"] - results[f"eval/random_init/{metric}"]
     assert "trained minus random init" in capsys.readouterr().out
     _, run = _mlflow_run(run_dir)
     assert "eval/random_init/linear_probe_acc" in run.data.metrics
