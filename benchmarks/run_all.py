@@ -14,7 +14,7 @@ from datetime import date
 
 import torch
 
-from benchmarks import levers, peer_lightly, planning, step_overhead
+from benchmarks import hierarchical_planning, levers, peer_lightly, planning, step_overhead
 
 
 def main() -> None:
@@ -28,6 +28,8 @@ def main() -> None:
     lever_rows = levers.main([])
     print("\n== planning (candidates/s per planner) ==")
     planning.main([])
+    print("\n== hierarchical_planning (compute per executed step, flat vs hierarchical) ==")
+    hierarchical = hierarchical_planning.main([])
 
     print("\n== summary ==")
     print(f"{'measurement':<70}{'ratio':>8}  target")
@@ -39,6 +41,8 @@ def main() -> None:
     print(f"{'platform / lightly peak memory (PSS, end to end)':<70}{peer['memory_ratio']:>8.2f}  <= 1.0")
     for name, before, after in lever_rows:
         print(f"{name:<70}{after / before:>8.2f}")
+    print(f"{'hierarchical / flat CEM planning seconds per executed step (maze)':<70}{hierarchical['seconds']:>8.2f}  <= 1 (equal compute)")
+    print(f"{'hierarchical / flat CEM world-model evaluations per executed step':<70}{hierarchical['evaluations']:>8.2f}")
     print(f"\nmake bench took {time.perf_counter() - started:.0f} s")
 
 

@@ -263,13 +263,17 @@ class IntuitivePhysicsDataModule(GeneratedVideoDataModule):
         super().__init__(root, dataset_seed, num_train, num_val, image_size, length, samples_per_shard, **kwargs)
 
 
-def two_rooms_dir(root: str | os.PathLike, seed: int, num_train: int, num_val: int, image_size: int, length: int, env_tag: str) -> Path:
-    return Path(root).expanduser() / f"two-rooms-v1-seed{seed}-{num_train}-{num_val}-{image_size}px-{length}f-{env_tag}"
+def two_rooms_dir(
+    root: str | os.PathLike, seed: int, num_train: int, num_val: int, image_size: int, length: int, env_tag: str, environment: str = "two_rooms"
+) -> Path:
+    name = environment.replace("_", "-")
+    return Path(root).expanduser() / f"{name}-v1-seed{seed}-{num_train}-{num_val}-{image_size}px-{length}f-{env_tag}"
 
 
 class TwoRoomsDataModule(SequenceDataModule):
-    """Exploratory two-rooms trajectories (``jepa data collect two_rooms``), collected into the cache on first use;
-    clips carry ``actions`` and ``states`` for world models. ``samples_per_shard`` counts episodes.
+    """Exploratory trajectories of a navigation environment (``jepa data collect two_rooms``, or ``maze``), collected
+    into the cache on first use; clips carry ``actions`` and ``states`` for world models. ``samples_per_shard``
+    counts episodes.
 
     Args:
         root: cache directory (default: the platform's cache).
@@ -277,8 +281,9 @@ class TwoRoomsDataModule(SequenceDataModule):
         num_train, num_val: episodes per split.
         length: frames per episode.
         policy: exploration policy (``mixed``, ``random``, ``noisy_directional``).
-        env: two-rooms parameters (:class:`jepa_platform.world_model.envs.TwoRoomsEnv`); ``image_size`` is the
-            DataModule's.
+        env: the environment's parameters (:class:`jepa_platform.world_model.envs.TwoRoomsEnv`,
+            :class:`~jepa_platform.world_model.envs.MazeEnv`); ``image_size`` is the DataModule's.
+        environment: the registered environment the episodes come from (``two_rooms``, ``maze``).
         **kwargs: :class:`~data_modules.sequences.SequenceDataModule` arguments.
     """
 
@@ -293,12 +298,14 @@ class TwoRoomsDataModule(SequenceDataModule):
         policy: str = "mixed",
         env: dict | None = None,
         samples_per_shard: int = 250,
+        environment: str = "two_rooms",
         **kwargs,
     ) -> None:
+        self.environment = environment
         self.root = Path(root).expanduser() if root else default_cache_dir()
         self.env_kwargs = {**(env or {}), "image_size": image_size}
         tag = hashlib.blake2b(json.dumps(self.env_kwargs, sort_keys=True).encode(), digest_size=4).hexdigest()
-        self.directory = two_rooms_dir(self.root, dataset_seed, num_train, num_val, image_size, length, f"{policy}-{tag}")
+        self.directory = two_rooms_dir(self.root, dataset_seed, num_train, num_val, image_size, length, f"{policy}-{tag}", environment)
         self.gen = {"episodes": num_train, "val_episodes": num_val, "length": length, "policy": policy, "seed": dataset_seed}
         self.samples_per_shard = samples_per_shard
         kwargs.setdefault("label_key", None)
@@ -315,6 +322,6 @@ class TwoRoomsDataModule(SequenceDataModule):
         if (self.directory / MANIFEST).is_file():
             return
         start = time.perf_counter()
-        log.info("collecting two-rooms trajectories into %s", self.directory)
-        collect("two_rooms", self.directory, env_kwargs=self.env_kwargs, episodes_per_shard=self.samples_per_shard, progress=False, **self.gen)
+        log.info("collecting %s trajectories into %s", self.environment, self.directory)
+        collect(self.environment, self.directory, env_kwargs=self.env_kwargs, episodes_per_shard=self.samples_per_shard, progress=False, **self.gen)
         log.info("collected %d episodes in %.1fs", self.gen["episodes"] + self.gen["val_episodes"], time.perf_counter() - start)

@@ -1,5 +1,5 @@
 """The ``jepa`` command: ``jepa train ...`` (Hydra app over conf/), ``jepa eval``, ``jepa export``, ``jepa list``, ``jepa data``,
-``jepa plan``, ``jepa compare``, ``jepa sync``, ``jepa surprise``.
+``jepa plan``, ``jepa predict``, ``jepa compare``, ``jepa sync``, ``jepa surprise``.
 
 User errors (bad config, data, checkpoint or path) print one line starting with ``error:`` and exit with 2.
 """
@@ -22,12 +22,14 @@ commands:
           jepa export runs/<run> [--out encoder.pt] (loads with torch.load(..., weights_only=True))
   list    registered objectives and encoders, plugins included, with one-line descriptions
   data    shards: jepa data convert SRC OUT_DIR (image folder, .npz, IDX) | jepa data inspect DIR_OR_URLS
-          | jepa data collect ENV OUT_DIR (trajectories of two_rooms or any gymnasium env, for world models)
+          | jepa data collect ENV OUT_DIR (trajectories of two_rooms, maze or any gymnasium env)
   compare objectives side by side from MLflow (mean ± std over seeds, curves): jepa compare --sweep <parent run id>
           | --experiment NAME | RUN_ID... [--format markdown|csv|json] [--tracking-uri URI]
   sync    upload what runs could not send to a tracking server that was away: jepa sync runs/<run>
   plan    evaluate a world model's planners (CEM, iCEM, MPPI, gradient) against baselines on held-out goals:
-          jepa plan runs/<run> [--episodes 50] (jepa plan --help for options)
+          jepa plan runs/<run> [--episodes 50] [--hierarchical] (jepa plan --help for options)
+  predict open-loop prediction error of world models, with and without their latent variable, on held-out episodes:
+          jepa predict runs/<run> [runs/<run>...]
   surprise  pairwise accuracy on impossible events (vanishing, teleporting, passing through walls...) of models that
           predict future frames, next to the same model untrained: jepa surprise runs/<run> [runs/<baseline>...]
 """
@@ -84,6 +86,12 @@ def _plan(args: list[str]) -> int:
     return main(args)
 
 
+def _predict(args: list[str]) -> int:
+    from jepa_platform.world_model.prediction import main
+
+    return main(args)
+
+
 def _surprise(args: list[str]) -> int:
     from jepa_platform.surprise.cli import main
 
@@ -117,6 +125,7 @@ COMMANDS = {
     "list": _list,
     "data": _data,
     "plan": _plan,
+    "predict": _predict,
     "compare": _compare,
     "sync": _sync,
     "surprise": _surprise,

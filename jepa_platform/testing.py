@@ -324,6 +324,27 @@ class OracleWorldModel(nn.Module):
         return z
 
 
+class OracleHierarchicalWorldModel(OracleWorldModel):
+    """:class:`OracleWorldModel` with a level 2 that is the position too: a macro-action ``m`` in ``[-1, 1]^2`` moves it
+    by ``m x speed x stride`` (walls ignored). Hierarchical-planner tests check the two-level search on it."""
+
+    def __init__(self, speed: float = 0.05, image_size: int = 64, stride: int = 4) -> None:
+        super().__init__(speed, image_size)
+        from types import SimpleNamespace
+
+        self.hparams = SimpleNamespace(macro_bound=1.0, macro_dim=2, level2_stride=stride)
+
+    def abstract_embedding(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def predict_level2(self, s: torch.Tensor, macros: torch.Tensor) -> torch.Tensor:
+        steps = torch.cumsum(macros.clamp(-1, 1) * self.speed * self.hparams.level2_stride, dim=1)
+        return (s[:, None] + steps).clamp(0, 1)
+
+    def decode_level2_state(self, s: torch.Tensor) -> torch.Tensor:
+        return s
+
+
 class MlflowServer:
     """A real ``mlflow server`` for tests: SQLite backend and artifacts under ``root``, on 127.0.0.1 at a free port
     (or ``port``), in its own process group so that :meth:`stop` takes its web workers down with it."""

@@ -6,6 +6,7 @@ from jepa_platform.objectives.barlow import BarlowTwins
 from jepa_platform.objectives.base import JointEmbeddingObjective, Objective, SelfSupervisedObjective, StepOutput
 from jepa_platform.objectives.ema_jepa import EMAJEPA
 from jepa_platform.objectives.h_jepa import HJEPA
+from jepa_platform.objectives.hierarchical_ac_jepa import HierarchicalACJEPA
 from jepa_platform.objectives.invariance_only import InvarianceOnly
 from jepa_platform.objectives.lejepa import LeJEPA
 from jepa_platform.objectives.pixel_predictor import PixelPredictor
@@ -17,6 +18,7 @@ __all__ = [
     "EMAJEPA",
     "HJEPA",
     "BarlowTwins",
+    "HierarchicalACJEPA",
     "InvarianceOnly",
     "JointEmbeddingObjective",
     "LeJEPA",

@@ -40,6 +40,7 @@ from torchmetrics import MeanMetric, Metric
 
 from jepa_platform.distributed import gather_with_grad
 from jepa_platform.encoders.action_predictor import ActionConditionedPredictor
+from jepa_platform.encoders.latent import LatentInference
 from jepa_platform.errors import ConfigError
 from jepa_platform.losses.functional import LossOutput, covariance, random_directions, sigreg, variance
 from jepa_platform.metrics.slowness import SlownessStats, slow_weights
@@ -78,6 +79,10 @@ class ACJEPA(Objective):
             less than a confident prediction that fails.
         stop_grad_targets: detach the target embeddings (an EMA-free BYOL-style variant).
         state_scale: the state head regresses ``states / state_scale`` (the environment's extent).
+        latent_dim: width of a latent variable ``z`` the predictor takes next to the action, inferred in training from
+            the embeddings before and after each step (:mod:`jepa_platform.encoders.latent`); 0: none. Planners give
+            it the prior's mean or samples (``jepa plan --latent-samples``).
+        latent_weight: weight of ``z``'s KL to the prior (nats per step): the price of each bit it carries.
     """
 
     accepts_clips = True
@@ -106,17 +111,21 @@ class ACJEPA(Objective):
         uncertainty: bool = False,
         stop_grad_targets: bool = False,
         state_scale: float = 1.0,
+        latent_dim: int = 0,
+        latent_weight: float = 0.001,
         **kwargs: Any,
     ) -> None:
         if regulariser not in REGULARISERS:
             raise ConfigError(f"objective.regulariser={regulariser!r} is not one of {', '.join(REGULARISERS)}")
-        if action_dim < 0 or state_dim < 0 or history < 1 or (rollout_steps is not None and rollout_steps < 1):
+        if action_dim < 0 or state_dim < 0 or history < 1 or latent_dim < 0 or (rollout_steps is not None and rollout_steps < 1):
             raise ConfigError(
-                "objective.action_dim >= 0, objective.state_dim >= 0, objective.history >= 1 and objective.rollout_steps >= 1 (or null) are required"
+                "objective.action_dim >= 0, objective.state_dim >= 0, objective.history >= 1, objective.latent_dim >= 0 "
+                "and objective.rollout_steps >= 1 (or null) are required"
             )
         super().__init__(encoder, optimizer, **kwargs)
         self.needs_actions = action_dim > 0
-        self.predictor = ActionConditionedPredictor(self.feature_dim, action_dim, predictor_hidden, predictor_depth, history)
+        self.predictor = ActionConditionedPredictor(self.feature_dim, action_dim + latent_dim, predictor_hidden, predictor_depth, history)
+        self.latent = LatentInference(self.feature_dim, latent_dim, predictor_hidden) if latent_dim else None
         width = history * self.feature_dim
         self.uncertainty_head = (
             nn.Sequential(nn.Linear(width, predictor_hidden), nn.GELU(), nn.Linear(predictor_hidden, self.feature_dim)) if uncertainty else None
@@ -137,8 +146,19 @@ class ACJEPA(Objective):
         return self.encoder(frames)
 
     def predict(self, z: Tensor, actions: Tensor) -> Tensor:
-        """Open-loop predictions ``(N, H, D)`` from embeddings ``(N, D)`` and actions ``(N, H, A)``."""
-        return self.predictor.rollout(z, actions)
+        """Open-loop predictions ``(N, H, D)`` from embeddings ``(N, D)`` and actions ``(N, H, A)``; with a latent
+        variable, actions of width ``action_dim + latent_dim`` carry its values and plain actions get its prior mean."""
+        return self.predictor.rollout(z, self.with_latent(actions))
+
+    @property
+    def latent_dim(self) -> int:
+        return self.hparams.get("latent_dim", 0)
+
+    def with_latent(self, actions: Tensor) -> Tensor:
+        """Actions padded with the latent's prior mean (zeros) when they do not carry latent values."""
+        if self.latent_dim and actions.shape[-1] == self.hparams.action_dim:
+            return torch.cat([actions, actions.new_zeros(*actions.shape[:-1], self.latent_dim)], dim=-1)
+        return actions
 
     def planning_embedding(self, z: Tensor, slow_power: float = 0.0) -> Tensor:
         """Embeddings ``(..., D)`` in the space where planners measure the energy to the goal: projected on the slow
@@ -171,7 +191,7 @@ class ACJEPA(Objective):
             raise ConfigError("this world model takes actions: score clips whose episodes have actions (actions.npy)")
         if actions is None:
             actions = frames.new_zeros(frames.shape[0], length - 1, 0)
-        actions = actions.flatten(2) if actions.dim() == 4 else actions
+        actions = self.with_latent(actions.flatten(2) if actions.dim() == 4 else actions)
         z = self.encode(frames)
         k = self.hparams.history
         seen = z[:, :context]
@@ -244,6 +264,10 @@ class ACJEPA(Objective):
         targets = z[:, k:].detach() if hp.stop_grad_targets else z[:, k:]
         actions = actions[:, k - 1 :]
         current, past = self._history(z)
+        kl = None
+        if self.latent is not None:  # z of each step, inferred from where it started and where it ended
+            latent, kl = self.latent(current, z[:, k:])
+            actions = torch.cat([actions, latent], dim=-1)
         predictions = self.predictor(current, actions, past)
         one_step = F.mse_loss(predictions, targets)
         if self.uncertainty_head is not None:
@@ -260,6 +284,9 @@ class ACJEPA(Objective):
         if terms_uncertainty is not None:
             terms["uncertainty"] = terms_uncertainty
             total = total + terms_uncertainty
+        if kl is not None:
+            terms["latent_kl"] = kl.mean()
+            total = total + hp.latent_weight * terms["latent_kl"]
         if hp.smooth_weight:
             terms["smoothness"] = (z[:, 1:] - z[:, :-1]).pow(2).mean()
             total = total + hp.smooth_weight * terms["smoothness"]
@@ -296,7 +323,7 @@ class ACJEPA(Objective):
             return
         self.val_slowness.update(z)
         k = self.hparams.history
-        predicted = self.predictor.rollout(z[:, k - 1], actions[:, k - 1 :], z[:, : k - 1])  # (B, H, D)
+        predicted = self.predictor.rollout(z[:, k - 1], self.with_latent(actions[:, k - 1 :]), z[:, : k - 1])  # (B, H, D); z at its prior mean
         errors = (predicted - z[:, k:]).pow(2).mean(dim=(0, 2))  # (H,)
         while len(self.val_rollout) < len(errors):
             self.val_rollout.append(MeanMetric().to(self.device))

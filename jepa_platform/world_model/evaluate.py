@@ -49,7 +49,10 @@ def environment_of(cfg: Any) -> tuple[str, dict[str, Any]]:
     if str(data.get("_target_", "")).endswith("TwoRoomsDataModule"):
         from omegaconf import OmegaConf
 
-        return "two_rooms", {**OmegaConf.to_container(data.get("env") or {}, resolve=True), "image_size": int(data.image_size)}
+        return str(data.get("environment", "two_rooms")), {
+            **OmegaConf.to_container(data.get("env") or {}, resolve=True),
+            "image_size": int(data.image_size),
+        }
     urls = str(data.get("urls", ""))
     manifest = Path(urls) / "manifest.json"
     if manifest.is_file():
@@ -73,6 +76,42 @@ def held_out_pairs(env: Any, episodes: int, seed: int, margin: float, min_distan
             goal = env.sample_free_state(rng, room=room, margin=margin)
             if np.linalg.norm(goal - start) >= min_distance:
                 break
+        pairs.append((start, goal))
+    return pairs
+
+
+BUCKETS = ("same room", "next room", "2+ rooms")
+
+
+def distance_bucket(rooms_apart: int) -> str:
+    """The goal-distance group of a pair: the same room, the next room, or two or more doors away."""
+    return BUCKETS[min(max(rooms_apart, 0), 2)]
+
+
+def farthest_rooms(env: Any, samples: int = 64) -> int:
+    """The most doors between two of ``samples`` free positions (``-1`` for an environment without ``rooms_apart``)."""
+    if not hasattr(env, "rooms_apart"):
+        return -1
+    rng = np.random.default_rng(0)
+    points = [env.sample_free_state(rng, margin=-1.0) for _ in range(samples)]
+    return max(env.rooms_apart(a, b) for a in points for b in points)
+
+
+def pairs_by_distance(env: Any, episodes: int, seed: int, margin: float, min_distance: float = 0.3) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``episodes`` start/goal pairs from ``seed`` whose goals are, in turn, in the same room, the next room (one door
+    away) and two or more doors away (``env.rooms_apart``); both ends at least ``margin`` from forbidden boxes and
+    ``min_distance`` apart."""
+    rng = np.random.default_rng([seed, 104729])
+    pairs = []
+    for i in range(episodes):
+        wanted = i % len(BUCKETS)
+        for _ in range(100_000):
+            start = env.sample_free_state(rng, margin=margin)
+            goal = env.sample_free_state(rng, margin=margin)
+            if np.linalg.norm(goal - start) >= min_distance and min(env.rooms_apart(start, goal), 2) == wanted:
+                break
+        else:
+            raise ConfigError(f"no start/goal pair {BUCKETS[wanted]} apart in this environment: use an environment with more rooms")
         pairs.append((start, goal))
     return pairs
 
@@ -115,16 +154,52 @@ def summarise(episodes: list[Episode]) -> dict[str, float]:
     }
 
 
-def format_table(results: dict[str, dict[str, float]], episodes: int, max_steps: int) -> str:
-    head = f"{'planner':<10}{'success':>9}{'steps':>8}{'violations':>12}{'fallbacks':>11}{'plan s/ep':>11}{'s/replan':>10}"
+def summarise_by_distance(episodes: list[Episode]) -> dict[str, dict[str, float]]:
+    """:func:`summarise` of all episodes (``all``) and of each goal-distance group present."""
+    out = {"all": summarise(episodes)}
+    for bucket in BUCKETS:
+        chosen = [e for e in episodes if e.rooms_apart >= 0 and distance_bucket(e.rooms_apart) == bucket]
+        if chosen:
+            out[bucket] = {**summarise(chosen), "episodes": float(len(chosen))}
+    return out
+
+
+def format_table(results: dict[str, dict[str, dict[str, float]]], episodes: int, max_steps: int) -> str:
+    """One row per planner over all pairs and, when the pairs have distance groups, one per group under it."""
+    head = f"{'planner':<12}{'goals':<11}{'success':>9}{'steps':>8}{'violations':>12}{'fallbacks':>11}{'plan s/ep':>11}{'s/replan':>10}"
     head += f"{'WM evals/ep':>13}{'evals/s':>11}"
     lines = [f"{episodes} held-out start/goal pairs, budget {max_steps} steps", head, "-" * len(head)]
-    for name, r in results.items():
-        lines.append(
-            f"{name:<10}{100 * r['success_rate']:>8.1f}%{r['mean_steps']:>8.1f}{int(r['violations']):>12d}{int(r['fallbacks']):>11d}"
-            f"{r['planning_seconds_per_episode']:>11.3f}{r['seconds_per_replan']:>10.4f}{r['evaluations_per_episode']:>13.0f}{r['evaluations_per_second']:>11.0f}"
-        )
+    grouped = any(len(by) > 2 for by in results.values())
+    for name, by in results.items():
+        for group, r in by.items():
+            if group != "all" and not grouped:
+                continue
+            label = "all" if group == "all" else f"{group}"
+            lines.append(
+                f"{name if group == 'all' else '':<12}{label:<11}{100 * r['success_rate']:>8.1f}%{r['mean_steps']:>8.1f}{int(r['violations']):>12d}"
+                f"{int(r['fallbacks']):>11d}{r['planning_seconds_per_episode']:>11.3f}{r['seconds_per_replan']:>10.4f}"
+                f"{r['evaluations_per_episode']:>13.0f}{r['evaluations_per_second']:>11.0f}"
+            )
     return "\n".join(lines)
+
+
+def load_world_model(run: str, runs_dir: str, ckpt_arg: str | None) -> tuple[Path, Any, Path, Any, Any, Any]:
+    """A run's trained world model and what planning it needs: ``(run_dir, cfg, checkpoint, model, env, transform)``,
+    the environment rebuilt from the run's data (one-line errors for a run that is not a world model)."""
+    run_dir = resolve_run(run, Path(runs_dir))
+    cfg = load_run_config(run_dir)
+    ckpt = Path(ckpt_arg) if ckpt_arg else find_checkpoint(str(run_dir), run_dir, run_dir)
+    model, _meta = trained_objective(cfg.objective, ckpt)
+    if not all(hasattr(model, m) for m in ("encode", "predict")):
+        raise ConfigError(f"{run_dir} is not a world model ({type(model).__name__} has no encode/predict): train one with experiment=two_rooms")
+    from jepa_platform.world_model.envs import make_env
+
+    env_name, env_kwargs = environment_of(cfg)
+    env = make_env(env_name, **env_kwargs)
+    for needed in ("render_state", "sample_free_state", "room"):
+        if not hasattr(env.unwrapped, needed):
+            raise ConfigError(f"environment {env_name} has no {needed}(): jepa plan needs start/goal states it can render (see docs/world-model.md)")
+    return run_dir, cfg, ckpt, model, env, build(cfg.data.eval_transform, "data.eval_transform")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -155,52 +230,92 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--pictures", type=int, default=None, help="trajectory pictures per planner (default: every episode)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to the run's MLflow run")
+    h = p.add_argument_group("hierarchical planning (a hierarchical_ac_jepa run; docs/hierarchical-planning.md)")
+    h.add_argument(
+        "--hierarchical", action="store_true", help="also plan with h-<planner> for every --planners: subgoals at level 2, reached at level 1"
+    )
+    h.add_argument("--high-horizon", type=int, default=4, help="macro-steps the high level plans (default 4)")
+    h.add_argument("--high-period", type=int, default=None, help="level-1 steps between high-level replans (default: the model's level2_stride)")
+    h.add_argument("--low-horizon", type=int, default=None, help="the low level's horizon toward a subgoal (default: the model's level2_stride)")
+    h.add_argument(
+        "--high-planner-arg", action="append", default=[], metavar="PLANNER.ARG=VALUE", help="parameter of the high-level planner (repeatable)"
+    )
+    z = p.add_argument_group("latent variable (world models trained with objective.latent_dim > 0)")
+    z.add_argument("--latent-samples", type=int, default=0, help="score each plan under this many draws of the latent (default 0: its mean)")
+    z.add_argument(
+        "--latent-risk", default="mean", choices=("mean", "max"), help="combine the draws' costs by their mean or the worst (default mean)"
+    )
     return p
+
+
+def hierarchical_planners(
+    names: list[str], extra: dict[str, dict[str, Any]], high_extra: dict[str, dict[str, Any]], args: argparse.Namespace, cost: PlanningCost
+) -> dict[str, Any]:
+    """``h-<name>`` for every model-based planner: ``name`` at both levels (the low level with ``--planner-arg``, the high
+    level with ``--high-planner-arg``)."""
+    from jepa_platform.world_model.hierarchical import HierarchicalPlanner
+
+    high_cost = PlanningCost(args.terminal_weight, args.step_weight)
+    out = {}
+    for name in names:
+        high, low = make_planner(name, high_extra.get(name, {}), args.seed), make_planner(name, extra.get(name, {}), args.seed)
+        out[f"h-{name}"] = HierarchicalPlanner(high, low, args.high_horizon, args.high_period, high_cost, seed=args.seed)
+    return out
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.episodes < 1 or args.horizon < 1 or args.execute < 1 or args.max_steps < 1:
         raise ConfigError("--episodes, --horizon, --execute and --max-steps must be >= 1")
-    if args.execute > args.horizon:
-        raise ConfigError(f"--execute {args.execute} exceeds --horizon {args.horizon}: execute at most the planned actions")
-    run_dir = resolve_run(args.run, Path(args.runs_dir))
-    cfg = load_run_config(run_dir)
-    ckpt = Path(args.ckpt) if args.ckpt else find_checkpoint(str(run_dir), run_dir, run_dir)
-    model, _meta = trained_objective(cfg.objective, ckpt)
-    if not all(hasattr(model, m) for m in ("encode", "predict")):
-        raise ConfigError(f"{run_dir} is not a world model ({type(model).__name__} has no encode/predict): train one with experiment=two_rooms")
-    from jepa_platform.world_model.envs import make_env
-
-    env_name, env_kwargs = environment_of(cfg)
-    env = make_env(env_name, **env_kwargs)
-    for needed in ("render_state", "sample_free_state", "room"):
-        if not hasattr(env.unwrapped, needed):
-            raise ConfigError(f"environment {env_name} has no {needed}(): jepa plan needs start/goal states it can render (see docs/world-model.md)")
-    transform = build(cfg.data.eval_transform, "data.eval_transform")
-    wm = WorldModel(model.to(args.device), transform, env.action_space.low, env.action_space.high, slow_power=args.slow_power)
+    if args.execute > min(args.horizon, args.low_horizon or args.horizon):
+        raise ConfigError(f"--execute {args.execute} exceeds --horizon or --low-horizon: execute at most the planned actions")
+    if args.high_horizon < 1 or (args.high_period is not None and args.high_period < 1) or args.latent_samples < 0:
+        raise ConfigError("--high-horizon and --high-period must be >= 1 and --latent-samples >= 0")
+    run_dir, _cfg, ckpt, model, env, transform = load_world_model(args.run, args.runs_dir, args.ckpt)
+    if args.hierarchical and not hasattr(model, "predict_level2"):
+        raise ConfigError(f"{run_dir} has no level 2 ({type(model).__name__}): --hierarchical needs a hierarchical_ac_jepa run (experiment=maze)")
+    wm = WorldModel(
+        model.to(args.device),
+        transform,
+        env.action_space.low,
+        env.action_space.high,
+        slow_power=args.slow_power,
+        latent_samples=args.latent_samples,
+        latent_risk=args.latent_risk,
+        seed=args.seed,
+    )
     boxes = [] if args.no_guardrail else getattr(env.unwrapped, "forbidden", np.zeros((0, 4))).tolist()
     cost = PlanningCost(args.terminal_weight, args.step_weight, args.action_weight, Guardrail(boxes, args.margin) if boxes else None)
-    pairs = held_out_pairs(env.unwrapped, args.episodes, args.seed, margin=args.margin + 0.02)
-    extra = planner_kwargs(args.planner_arg)
-    names = [n for n in args.planners.split(",") if n] + [n for n in args.baselines.split(",") if n]
-    unknown = sorted(set(extra) - set(names))
+    unwrapped = env.unwrapped
+    if farthest_rooms(unwrapped) >= 2:  # goals at increasing distances, a third each
+        pairs = pairs_by_distance(unwrapped, args.episodes, args.seed, margin=args.margin + 0.02)
+    else:
+        pairs = held_out_pairs(unwrapped, args.episodes, args.seed, margin=args.margin + 0.02)
+    extra, high_extra = planner_kwargs(args.planner_arg), planner_kwargs(args.high_planner_arg)
+    model_names = [n for n in args.planners.split(",") if n]
+    names = model_names + [n for n in args.baselines.split(",") if n]
+    unknown = sorted((set(extra) | set(high_extra)) - set(names))
     if unknown:
         raise ConfigError(f"--planner-arg for {', '.join(unknown)}, which is not planned: add it to --planners")
     planners = {name: make_planner(name, extra.get(name, {}), args.seed) for name in names}  # checks every name first
+    if args.hierarchical:
+        planners.update(hierarchical_planners([n for n in model_names if planners[n].uses_model], extra, high_extra, args, cost))
 
     geometry = env.unwrapped.describe() if hasattr(env.unwrapped, "describe") else {}
     out_dir = run_dir / "plan" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, dict[str, float]]] = {}
     records: dict[str, list[dict]] = {}
+    stride = int(getattr(model.hparams, "level2_stride", 0) or 0) if hasattr(model, "hparams") else 0
     for name, planner in planners.items():
         tic = time.perf_counter()
         horizon, execute = (args.horizon, args.execute) if name != "greedy" else (1, 1)
+        if name.startswith("h-"):
+            horizon = args.low_horizon or stride or args.horizon
         episodes = [run_episode(env, planner, wm, cost, s, g, horizon, execute, args.max_steps, args.success_radius) for s, g in pairs]
-        results[name] = summarise(episodes)
+        results[name] = summarise_by_distance(episodes)
         records[name] = [e.__dict__ for e in episodes]
-        log.info("%s: %.0f%% success in %.1fs", name, 100 * results[name]["success_rate"], time.perf_counter() - tic)
+        log.info("%s: %.0f%% success in %.1fs", name, 100 * results[name]["all"]["success_rate"], time.perf_counter() - tic)
         shown = episodes if args.pictures is None else episodes[: args.pictures]
         pictures = [episode_picture(e, geometry, args.success_radius, f"{name} #{i}") for i, e in enumerate(shown)]
         (out_dir / name).mkdir(exist_ok=True)
@@ -223,12 +338,17 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def plan_metrics(results: dict[str, dict[str, float]], planners: dict[str, Any]) -> dict[str, float]:
-    """``plan/<planner>/<figure>`` for every planner, and ``plan/success_rate`` (best model-based planner) and
+def plan_metrics(results: dict[str, dict[str, dict[str, float]]], planners: dict[str, Any]) -> dict[str, float]:
+    """``plan/<planner>/<figure>`` for every planner over all pairs, ``plan/<planner>/<group>/<figure>`` per goal
+    distance (``same_room``, ``next_room``, ``2_or_more_rooms``), and ``plan/success_rate`` (best model-based planner) and
     ``plan/violations`` (sum over the model-based planners)."""
-    metrics = {f"plan/{name}/{k}": v for name, r in results.items() for k, v in r.items() if math.isfinite(v)}
+    metrics = {}
+    for name, by in results.items():
+        for group, r in by.items():
+            prefix = f"plan/{name}" if group == "all" else f"plan/{name}/{group.replace('+', '_or_more').replace(' ', '_')}"
+            metrics.update({f"{prefix}/{k}": v for k, v in r.items() if math.isfinite(v)})
     model_based = [name for name, p in planners.items() if p.uses_model and name not in BASELINES]
     if model_based:
-        metrics["plan/success_rate"] = max(results[n]["success_rate"] for n in model_based)
-        metrics["plan/violations"] = sum(results[n]["violations"] for n in model_based)
+        metrics["plan/success_rate"] = max(results[n]["all"]["success_rate"] for n in model_based)
+        metrics["plan/violations"] = sum(results[n]["all"]["violations"] for n in model_based)
     return metrics

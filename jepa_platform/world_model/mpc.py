@@ -31,6 +31,12 @@ class Episode:
     states: list[list[float]] = field(default_factory=list)
     start: list[float] = field(default_factory=list)
     goal: list[float] = field(default_factory=list)
+    #: ``[step, x, y]`` of each subgoal a hierarchical planner set (its level-2 state head's reading)
+    subgoals: list[list[float]] = field(default_factory=list)
+    #: the share of ``evaluations`` made at level 2 (hierarchical planners)
+    evaluations_level2: int = 0
+    #: doors between the start's room and the goal's
+    rooms_apart: int = -1
 
 
 def run_episode(
@@ -51,6 +57,9 @@ def run_episode(
     obs, info = env.reset(options={"state": start})
     planner.reset()
     fallbacks0, evaluations0 = planner.fallbacks, world_model.evaluations
+    level2_0 = _level2_evaluations(planner)
+    take_subgoals = getattr(planner, "take_subgoals", None)
+    subgoals: list[list[float]] = []
     states = [info["state"].tolist()]
     steps = violations = replans = 0
     planning = 0.0
@@ -60,6 +69,8 @@ def run_episode(
         actions = planner.plan(world_model, obs, goal_obs, cost, horizon)
         planning += time.perf_counter() - tic
         replans += 1
+        if take_subgoals is not None:
+            subgoals += take_subgoals()
         todo = actions[:execute].detach().cpu().numpy()
         for action in todo:
             obs, _reward, _terminated, _truncated, info = env.step(action)
@@ -81,4 +92,12 @@ def run_episode(
         states=states,
         start=np.asarray(start).tolist(),
         goal=np.asarray(goal).tolist(),
+        subgoals=subgoals,
+        evaluations_level2=_level2_evaluations(planner) - level2_0,
+        rooms_apart=int(unwrapped.rooms_apart(np.asarray(start), np.asarray(goal))) if hasattr(unwrapped, "rooms_apart") else -1,
     )
+
+
+def _level2_evaluations(planner: Planner) -> int:
+    """World-model evaluations a hierarchical planner has made at level 2 so far (0 for flat planners)."""
+    return int(getattr(getattr(planner, "level2", None), "evaluations_level2", 0))

@@ -1,4 +1,5 @@
-"""Trajectory pictures: the rooms, the forbidden regions, the path, the start and the goal (PIL only)."""
+"""Trajectory pictures: the rooms, the forbidden regions, the path, the start, the goal and a hierarchical planner's
+subgoals (PIL only)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ def episode_picture(episode: Episode, geometry: dict[str, Any], success_radius: 
     draw = ImageDraw.Draw(image, "RGBA")
     for x0, y0, x1, y1 in geometry.get("forbidden", []):
         draw.rectangle([_px(x0), _px(y0), _px(x1), _px(y1)], fill=(230, 60, 60, 70), outline=(200, 40, 40, 255))
+    for x0, y0, x1, y1 in geometry.get("walls", []):  # box walls (the maze)
+        draw.rectangle([_px(x0), _px(y0), _px(x1), _px(y1)], fill=(70, 70, 80))
+    if "random_door" in geometry:  # the door that may close: outlined
+        x0, y0, x1, y1 = geometry["random_door"]
+        draw.rectangle([_px(x0), _px(y0), _px(x1), _px(y1)], outline=(70, 70, 80), width=1)
     if "wall_position" in geometry:
         w, t = geometry["wall_position"], geometry["wall_thickness"] / 2
         d, h = geometry["door_position"], geometry["door_width"] / 2
@@ -37,6 +43,11 @@ def episode_picture(episode: Episode, geometry: dict[str, Any], success_radius: 
     path = [(_px(x), _px(y)) for x, y in episode.states]
     if len(path) > 1:
         draw.line(path, fill=(30, 90, 200), width=2)
+    for i, (_step, x, y) in enumerate(episode.subgoals):  # subgoals: numbered orange diamonds where level 2 decodes them
+        if math.isfinite(x) and math.isfinite(y):
+            cx, cy = _px(x), _px(y)
+            draw.polygon([(cx, cy - 5), (cx + 5, cy), (cx, cy + 5), (cx - 5, cy)], fill=(240, 150, 20, 170), outline=(160, 90, 0))
+            draw.text((cx + 4, cy - 12), str(i + 1), fill=(120, 60, 0))
     sx, sy = path[0]
     draw.ellipse([sx - 4, sy - 4, sx + 4, sy + 4], fill=(40, 160, 60))
     ex, ey = path[-1]

@@ -128,7 +128,7 @@ def test_train_then_plan_prints_the_table_and_logs_to_mlflow(world_model_run):
     plan_dir = sorted((run_dir / "plan").iterdir())[-1]
     results = json.loads((plan_dir / "plan.json").read_text())["results"]
     assert set(results) == {"cem", "icem", "mppi", "gradient", "random", "greedy"}
-    assert results["random"]["evaluations_per_episode"] == 0 and results["cem"]["evaluations_per_episode"] > 0
+    assert results["random"]["all"]["evaluations_per_episode"] == 0 and results["cem"]["all"]["evaluations_per_episode"] > 0
     assert (plan_dir / "cem" / "episode_000.png").is_file() and (plan_dir / "greedy.png").is_file()
     import mlflow
 
@@ -180,3 +180,52 @@ def test_notebook_runs_at_tiny_size(tmp_path: Path):
     outputs = execute_notebook(notebook, tmp_path, {"NOTEBOOK_SIZE": "tiny", "NOTEBOOK_WORKDIR": str(tmp_path)})
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the plans and the energy landscape
+
+
+def test_hierarchical_maze_trains_plans_by_distance_and_predicts_with_its_latent(tmp_path: Path):
+    """experiment=maze_stochastic at tiny size: both levels and their latents train and log level2/*; jepa plan
+    --hierarchical puts h-cem next to cem by goal distance, draws the subgoals and logs them; jepa predict scores the
+    latent's modes."""
+    env = {"JEPA_RUNS_DIR": str(tmp_path / "runs"), "JEPA_DATA_DIR": str(tmp_path / "data")}
+    run_dir = tmp_path / "runs" / "maze"
+    done = run_jepa(
+        ["train", "experiment=maze_stochastic", "debug=fast_wm", "data=maze", "data.clip_length=5", "data.length=12", f"hydra.run.dir={run_dir}"], env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    plan = ["plan", str(run_dir), "--episodes", "3", "--max-steps", "6", "--horizon", "4", "--execute", "2", "--planners", "cem"]
+    plan += [
+        "--baselines",
+        "",
+        "--planner-arg",
+        "cem.num_samples=16",
+        "--high-planner-arg",
+        "cem.num_samples=16",
+        "--hierarchical",
+        "--latent-samples",
+        "2",
+    ]
+    done = run_jepa(plan, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "\nh-cem " in done.stdout and "2+ rooms" in done.stdout and "next room" in done.stdout
+    plan_dir = sorted((run_dir / "plan").iterdir())[-1]
+    record = json.loads((plan_dir / "plan.json").read_text())
+    assert set(record["results"]) == {"cem", "h-cem"} and set(record["results"]["h-cem"]) == {"all", "same room", "next room", "2+ rooms"}
+    hierarchical = record["episodes"]["h-cem"]
+    assert all(e["subgoals"] for e in hierarchical) and all(e["evaluations_level2"] > 0 for e in hierarchical)
+    assert [e["rooms_apart"] >= 2 for e in hierarchical] == [False, False, True]
+    assert (plan_dir / "h-cem" / "episode_002.png").is_file()
+    predicted = run_jepa(["predict", str(run_dir), "--episodes", "4", "--horizon", "3", "--samples", "2"], env)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert "best-of-2" in predicted.stdout and "posterior" in predicted.stdout
+    import mlflow
+
+    info = json.loads((run_dir / "mlflow_run.json").read_text())
+    metrics = mlflow.MlflowClient(info["tracking_uri"]).get_run(info["run_id"]).data.metrics
+    assert {"level2/val/rollout_energy/h1", "level2/loss/macro_variance", "train/loss/latent_kl", "level2/loss/latent_kl"} <= set(metrics)
+    assert "plan/h-cem/2_or_more_rooms/success_rate" in metrics and "predict/best-of-2/all/error_h3" in metrics
+
+
+def test_hierarchical_planning_needs_a_hierarchical_run(world_model_run):
+    run_dir, env = world_model_run
+    done = run_jepa(["plan", str(run_dir), "--episodes", "1", "--hierarchical"], env)
+    assert done.returncode == 2 and "--hierarchical needs a hierarchical_ac_jepa run" in done.stderr

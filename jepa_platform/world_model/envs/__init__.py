@@ -1,5 +1,5 @@
 """Environments with the gymnasium API; importing this package registers the built-ins (``jepa list``) and their
-gymnasium ids (``gymnasium.make("jepa/TwoRooms-v0")``)."""
+gymnasium ids (``gymnasium.make("jepa/TwoRooms-v0")``, ``"jepa/Maze-v0"``)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import gymnasium as gym
 
 from jepa_platform.errors import ConfigError
 from jepa_platform.registry import ENVIRONMENTS
+from jepa_platform.world_model.envs.maze import MazeEnv
 from jepa_platform.world_model.envs.two_rooms import TwoRoomsEnv
 
-if "jepa/TwoRooms-v0" not in gym.registry:
-    gym.register("jepa/TwoRooms-v0", entry_point="jepa_platform.world_model.envs.two_rooms:TwoRoomsEnv")
+for _id, _entry in (("jepa/TwoRooms-v0", "two_rooms:TwoRoomsEnv"), ("jepa/Maze-v0", "maze:MazeEnv")):
+    if _id not in gym.registry:
+        gym.register(_id, entry_point=f"jepa_platform.world_model.envs.{_entry}")
 
 
 def make_env(name: str, **kwargs: Any) -> gym.Env:
@@ -30,4 +32,4 @@ def make_env(name: str, **kwargs: Any) -> gym.Env:
         raise ConfigError(f"environment '{name}' does not take these parameters: {exc}") from exc
 
 
-__all__ = ["TwoRoomsEnv", "make_env"]
+__all__ = ["MazeEnv", "TwoRoomsEnv", "make_env"]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from jepa_platform.errors import ConfigError
 from jepa_platform.world_model.costs import PlanningCost
 
 
@@ -30,11 +31,24 @@ class WorldModel:
         transform: uint8 ``(T, C, H, W)`` frames to the encoder's input (the run's evaluation transform).
         action_low, action_high: the action bounds (the environment's action space).
         slow_power: weight of slow features in the energy (``planning_embedding`` of the model; 0: plain distance).
+        latent_samples: for a model with a latent variable (``latent_dim``), score each candidate under this many
+            draws of it from the prior, the same draws for every candidate (0: the prior's mean only).
+        latent_risk: how the costs over draws combine: ``mean`` (expected cost) or ``max`` (the worst draw).
     """
 
     def __init__(
-        self, model: nn.Module, transform: Callable[[Tensor], Tensor], action_low: np.ndarray, action_high: np.ndarray, slow_power: float = 0.0
+        self,
+        model: nn.Module,
+        transform: Callable[[Tensor], Tensor],
+        action_low: np.ndarray,
+        action_high: np.ndarray,
+        slow_power: float = 0.0,
+        latent_samples: int = 0,
+        latent_risk: str = "mean",
+        seed: int = 0,
     ) -> None:
+        if latent_samples < 0 or latent_risk not in ("mean", "max"):
+            raise ConfigError(f"latent samples must be >= 0 and the risk mean or max, got {latent_samples} and {latent_risk!r}")
         self.model = model.eval()
         self.transform = transform
         self.device = next(model.parameters()).device
@@ -42,6 +56,10 @@ class WorldModel:
         self.high = torch.as_tensor(action_high, dtype=torch.float32, device=self.device)
         self.action_dim = int(self.low.numel())
         self.slow_power = slow_power
+        self.latent_dim = int(getattr(model, "latent_dim", 0) or 0)
+        self.latent_samples = latent_samples if self.latent_dim else 0
+        self.latent_risk = latent_risk
+        self._latent_rng = torch.Generator(device=self.device).manual_seed(seed)
         self.evaluations = 0
         self._goal_cache: tuple[str, Tensor] | None = None
 
@@ -63,11 +81,25 @@ class WorldModel:
         self.evaluations += actions.shape[0] * actions.shape[1]
         return self.model.predict(z0.expand(actions.shape[0], -1), actions)
 
+    def rollout_samples(self, z0: Tensor, actions: Tensor) -> Tensor:
+        """Predictions ``(S, N, H, D)`` of ``(N, H, A)`` action sequences under ``S = latent_samples`` draws of the latent
+        variable from its prior (each draw shared by every candidate: their costs differ by the actions only)."""
+        n, h, _ = actions.shape
+        draws = torch.randn((self.latent_samples, 1, h, self.latent_dim), generator=self._latent_rng, device=self.device)
+        full = torch.cat([actions.expand(self.latent_samples, -1, -1, -1), draws.expand(-1, n, -1, -1)], dim=-1)
+        self.evaluations += self.latent_samples * n * h
+        return self.model.predict(z0.expand(self.latent_samples * n, -1), full.flatten(0, 1)).unflatten(0, (self.latent_samples, n))
+
     def planning(self, z: Tensor) -> Tensor:
         """Embeddings in the space where the energy to the goal is measured (the model's ``planning_embedding``,
         e.g. slow features weighted up; the embedding itself for models without one)."""
         to_space = getattr(self.model, "planning_embedding", None)
         return to_space(z, self.slow_power) if to_space is not None and self.slow_power else z
+
+    def planning_goal(self, goal: Tensor) -> Tensor:
+        """The goal in the space where the energy is measured (a view planning toward a subgoal given in that space
+        already returns it unchanged)."""
+        return self.planning(goal)
 
     def states(self, z: Tensor) -> Tensor:
         """The state head's estimate of the states of embeddings ``(..., D)`` (for guardrails)."""
@@ -129,12 +161,20 @@ class Planner:
         A predicted state breaks it when it lies deeper in a forbidden box (inflated by the margin) than the current
         state's estimate: outside the margin that means entering it; inside the margin (an estimate that erred
         inwards) only moves that lead out, or stay, are allowed."""
-        z = wm.rollout(z0, actions)
-        costs = cost(wm.planning(z), wm.planning(goal), actions)
+        goal = wm.planning_goal(goal)
+        if getattr(wm, "latent_samples", 0):  # a cost per draw of the latent, then their mean or the worst
+            z = wm.rollout_samples(z0, actions)  # (S, N, H, D)
+            per_draw = torch.stack([cost(wm.planning(zs), goal, actions) for zs in z])
+            costs = per_draw.mean(dim=0) if wm.latent_risk == "mean" else per_draw.amax(dim=0)
+        else:
+            z = wm.rollout(z0, actions)
+            costs = cost(wm.planning(z), goal, actions)
         violating = torch.zeros_like(costs, dtype=torch.bool)
         if cost.guardrail is not None and len(cost.guardrail.boxes):
             allowed = cost.guardrail.depth(wm.states(z0)).clamp_min(0) + 1e-6
-            violating = (cost.guardrail.depth(wm.states(z)) > allowed).any(dim=1)
+            depth = cost.guardrail.depth(wm.states(z))  # (N, H), or (S, N, H): a plan is safe only under every draw
+            violating = (depth > allowed).any(dim=-1)
+            violating = violating.any(dim=0) if violating.dim() == 2 else violating
             costs = torch.where(violating, torch.full_like(costs, float("inf")), costs)
         return Scored(actions, costs, violating)
 

@@ -42,7 +42,7 @@ class GradientPlanner(Planner):
         for _ in range(self.steps):
             with torch.enable_grad():
                 z = wm.rollout(z0, actions)
-                loss = cost(wm.planning(z), wm.planning(goal), actions)
+                loss = cost(wm.planning(z), wm.planning_goal(goal), actions)
                 if guard is not None:
                     loss = loss + cost.guardrail_weight * guard.depth(wm.states(z)).clamp_min(0).sum(dim=1)
                 optimizer.zero_grad(set_to_none=True)

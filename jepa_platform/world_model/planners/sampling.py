@@ -33,7 +33,9 @@ def colored_noise(shape: tuple[int, int, int], beta: float, generator: torch.Gen
         torch.randn(n, a, freqs.numel(), generator=generator, device=device), torch.randn(n, a, freqs.numel(), generator=generator, device=device)
     )
     x = torch.fft.irfft(spectrum * scale, n=h)  # (N, A, H)
-    x = (x - x.mean(dim=-1, keepdim=True)) / x.std(dim=-1, keepdim=True).clamp_min(1e-6)
+    # unit power per sequence; the constant (f = 0) part is kept: subtracting each sequence's mean would leave no
+    # candidate that keeps going one way (at horizon 2, every sequence would be (a, -a))
+    x = x / x.pow(2).mean(dim=-1, keepdim=True).sqrt().clamp_min(1e-6)
     return x.transpose(1, 2).contiguous()
 
 
