@@ -112,7 +112,7 @@ class ACJEPA(Objective):
         stop_grad_targets: bool = False,
         state_scale: float = 1.0,
         latent_dim: int = 0,
-        latent_weight: float = 0.001,
+        latent_weight: float = 0.03,
         **kwargs: Any,
     ) -> None:
         if regulariser not in REGULARISERS:

@@ -74,7 +74,7 @@ class HierarchicalACJEPA(ACJEPA):
         macro_var_weight: float = 1.0,
         level2_smooth_weight: float = 1.0,
         level2_latent_dim: int = 0,
-        level2_latent_weight: float = 0.001,
+        level2_latent_weight: float = 0.03,
         level2_detach: bool = True,
         **kwargs: Any,
     ) -> None:
