@@ -122,36 +122,12 @@ def trial(workdir: Path, data_dir: Path, reference: Path, seed: int, kills: int,
 
 
 def compare(runs: Path, reference: Path, kills: int) -> Outcome:
-    import torch
-    from mlflow import MlflowClient
+    from jepa_platform.testing.runs import metric_history, same_training
 
-    def final(r: Path) -> dict:
-        return torch.load(_run_dir(r) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-
-    a, b = final(runs), final(reference)
-    differ = [k for k in b["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
-    if a["global_step"] != b["global_step"] or differ:
-        return Outcome(False, kills, f"final step {a['global_step']} vs {b['global_step']}, {len(differ)} of {len(b['state_dict'])} tensors differ")
-
-    def history(r: Path) -> tuple[str, dict[str, list[tuple[int, float]]], dict[str, str]]:
-        client = MlflowClient(f"sqlite:///{r}/mlflow.db")
-        run = client.search_runs([client.get_experiment_by_name("jepa").experiment_id])[0]
-        keys = list(run.data.metrics)
-        return run.info.status, {k: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)) for k in keys}, run.data.tags
-
-    status, hist, tags = history(runs)
-    _, ref_hist, _ = history(reference)
-    duplicated = {k: len(v) - len({s for s, _ in v}) for k, v in hist.items() if len(v) != len({s for s, _ in v})}
-    if duplicated:
-        return Outcome(False, kills, f"steps logged twice: {duplicated}")
-    # system/* and perf/* measure the machine (sampled by wall clock), not the training: they differ between any two runs
-    compared = [k for k in ref_hist if k in hist and not k.startswith(("system/", "perf/"))]
-    unequal = [k for k in compared if k != "lr-LARS" and [s for s, _ in hist[k]] != [s for s, _ in ref_hist[k]]]
-    values = [k for k in compared if hist[k] != ref_hist[k] and not k.startswith("lr-")]
-    if status != "FINISHED":
-        return Outcome(False, kills, f"run status {status}")
-    if unequal or values:
-        return Outcome(False, kills, f"metric histories differ: steps {unequal[:3]}, values {values[:3]}")
+    problem = same_training(_run_dir(runs), _run_dir(reference))
+    if problem:
+        return Outcome(False, kills, problem)
+    _, hist, tags = metric_history(runs)
     resumes = int(tags.get("resume.count", "0"))
     return Outcome(True, kills, f"{len(hist)} metrics, one value per step, {resumes} resume(s) tagged")
 

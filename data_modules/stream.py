@@ -34,6 +34,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from data_modules.urls import iter_tar, open_url, tar_has_end
 from jepa_platform.errors import DataError
+from jepa_platform.signals import ignore_in_worker
 
 log = logging.getLogger(__name__)
 Mode = Literal["exact", "resampled", "eval"]
@@ -307,6 +308,8 @@ class ShardStream(IterableDataset):
         skip = self.skip_batches if self.iterations == 0 else 0
         self.iterations += 1
         info = get_worker_info()
+        if info is not None:  # a scheduler's stop signal is for the main process, which shuts its workers down
+            ignore_in_worker()
         worker = info.id if info is not None else 0
         if info is not None and info.num_workers != self._workers:
             raise RuntimeError(f"stream built for {self._workers} workers is read by {info.num_workers}")

@@ -51,6 +51,16 @@ def gather_with_grad(x: Tensor, group: dist.ProcessGroup | None = None) -> Tenso
     return _GatherWithGrad.apply(x, group)
 
 
+def gather_rows(x: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
+    """Concatenate ``x`` (``(N_rank, ...)``; ``N_rank`` may differ between ranks) from all ranks along dim 0, without
+    gradients: what monitors need to compute a statistic of the global batch. Every rank must call it."""
+    if world_size(group) == 1:
+        return x
+    from torchmetrics.utilities.distributed import gather_all_tensors
+
+    return torch.cat(gather_all_tensors(x.contiguous(), group=group), dim=0)
+
+
 def local_slice(n_local: int, group: dist.ProcessGroup | None = None) -> slice:
     """This rank's rows in a gathered batch of ``n_local`` rows per rank."""
     start = rank(group) * n_local

@@ -8,6 +8,9 @@ The file is a plain dict that loads with ``torch.load(path, weights_only=True)``
   (unless ``small_stem`` is true: then use :func:`load_exported`);
 * ``timm_name``, ``timm_kwargs`` (``model_kwargs`` plus ``in_chans``), ``small_stem``, ``num_features``;
 * ``encoder_config``: the run's resolved ``encoder`` config (``_target_`` and arguments), for non-timm encoders;
+* ``input``: what the encoder expects, as timm's ``pretrained_cfg`` says it (``input_size`` C x H x W, ``mean``,
+  ``std`` of pixels scaled to [0, 1], ``interpolation``, ``crop_mode``), from the run's evaluation transform:
+  ``load_exported(path, with_preprocessing=True)`` hands back the matching transform;
 * ``source``: run directory, checkpoint, objective, which module was exported, and the step.
 
 For the masked JEPAs the exported encoder is the evaluation encoder (the EMA target unless
@@ -63,6 +66,7 @@ def export_record(run_dir: Path, ckpt: Path) -> dict[str, Any]:
             "global_step": int(meta.get("global_step", -1)),
         },
     }
+    record["input"] = input_spec(cfg)
     if isinstance(encoder, TimmEncoder):
         kwargs = dict(record["encoder_config"].get("model_kwargs") or {})
         record.update(
@@ -74,6 +78,52 @@ def export_record(run_dir: Path, ckpt: Path) -> dict[str, Any]:
     else:
         record["state_dict"] = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
     return record
+
+
+def _transform_steps(node: Any) -> list[dict[str, Any]]:
+    """The steps of a transform config (a ``Compose`` or a single transform), as plain dicts."""
+    node = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    if not isinstance(node, dict):
+        return []
+    return list(node.get("transforms") or []) if str(node.get("_target_", "")).endswith("Compose") else [node]
+
+
+def input_spec(cfg: Any) -> dict[str, Any]:
+    """What the encoder expects as input, read from the run's evaluation transform (the one that makes the frozen
+    features ``jepa eval`` reports), in timm's ``pretrained_cfg`` terms: ``input_size`` (C, H, W), ``mean`` and
+    ``std`` of the ``Normalize`` applied to pixels scaled to [0, 1], ``interpolation`` and ``crop_mode``."""
+    data = cfg.get("data") or {}
+    steps = _transform_steps(data.get("eval_transform") or data.get("frame_transform"))
+    channels = int(cfg.encoder.get("in_chans") or data.get("channels") or 3)
+    normalize = next((t for t in steps if str(t.get("_target_", "")).endswith("Normalize")), None)
+    size = data.get("image_size")
+    resize = next((t for t in steps if str(t.get("_target_", "")).endswith(("Resize", "CenterCrop"))), None)
+    if size is None and resize is not None:
+        size = resize.get("size")
+    hw = [int(size), int(size)] if isinstance(size, int) else [int(v) for v in size] if size else None
+    mean = [float(v) for v in normalize["mean"]] if normalize else [0.0] * channels
+    std = [float(v) for v in normalize["std"]] if normalize else [1.0] * channels
+    return {
+        "input_size": [channels, *hw] if hw else [channels],
+        "mean": mean * channels if len(mean) == 1 and channels > 1 else mean,
+        "std": std * channels if len(std) == 1 and channels > 1 else std,
+        "value_range": [0.0, 1.0],
+        "interpolation": "bilinear",
+        "crop_mode": "center" if any(str(t.get("_target_", "")).endswith("CenterCrop") for t in steps) else "none",
+    }
+
+
+def preprocessing(spec: dict[str, Any]) -> nn.Module:
+    """The torchvision transform that turns a uint8 image tensor ``(..., C, H, W)`` (or a float one in [0, 1]) into
+    what an exported encoder expects: resize and centre-crop to its size, scale to [0, 1], normalise."""
+    from torchvision.transforms import v2
+
+    steps: list[nn.Module] = []
+    if len(spec["input_size"]) == 3:
+        size = spec["input_size"][1:]
+        steps += [v2.Resize(min(size), antialias=True), v2.CenterCrop(size)]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec["mean"], spec["std"])]
+    return v2.Compose(steps)
 
 
 def write_atomic(record: dict[str, Any], out: Path) -> None:
@@ -89,8 +139,9 @@ def write_atomic(record: dict[str, Any], out: Path) -> None:
             os.unlink(tmp)
 
 
-def load_exported(path: str | Path) -> nn.Module:
-    """Rebuild the encoder of a ``jepa export`` file (``weights_only=True``), in eval mode."""
+def load_exported(path: str | Path, with_preprocessing: bool = False) -> nn.Module | tuple[nn.Module, nn.Module]:
+    """Rebuild the encoder of a ``jepa export`` file (``weights_only=True``), in eval mode; with ``with_preprocessing``,
+    also the transform that makes its input from images (:func:`preprocessing` of the file's ``input`` record)."""
     record = load_checkpoint(Path(path))
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a jepa export file (format {FORMAT}): write one with jepa export <run>")
@@ -104,7 +155,11 @@ def load_exported(path: str | Path) -> nn.Module:
         check_targets(record["encoder_config"], f"{path} (encoder_config)")
         encoder = instantiate(record["encoder_config"], _convert_="all")
         encoder.load_state_dict(record["state_dict"])
-    return encoder.eval()
+    if not with_preprocessing:
+        return encoder.eval()
+    if "input" not in record:
+        raise CheckpointError(f"{path} was exported without its input record: export the run again with this version of jepa export")
+    return encoder.eval(), preprocessing(record["input"])
 
 
 def main(argv: list[str]) -> int:
@@ -118,5 +173,7 @@ def main(argv: list[str]) -> int:
     write_atomic(record, out)
     n = sum(v.numel() for v in record["state_dict"].values())
     print(f"wrote {out}: {record['source']['module']} of {ckpt} ({n / 1e6:.2f}M parameters, step {record['source']['global_step']})")
-    print(f"load: jepa_platform.export.load_exported('{out}'), or torch.load(..., weights_only=True)['state_dict']")
+    spec = record["input"]
+    print(f"input: {'x'.join(map(str, spec['input_size']))}, pixels in [0, 1] normalised with mean {spec['mean']} and std {spec['std']}")
+    print(f"load: encoder, preprocess = jepa_platform.export.load_exported('{out}', with_preprocessing=True), or torch.load(..., weights_only=True)")
     return 0

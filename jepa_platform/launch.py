@@ -29,6 +29,12 @@ def global_rank() -> int:
     return max(int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("NODE_RANK", "0")))
 
 
+def requeued() -> bool:
+    """Whether this is a SLURM job that was requeued (pre-empted, or requeued before its time limit): it resumes from
+    its run directory's newest checkpoint by itself."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
 def shared_run_id() -> str | None:
     """An id that every process of this launch sees, or ``None``."""
     if os.environ.get("JEPA_RUN_ID"):

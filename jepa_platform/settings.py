@@ -28,6 +28,11 @@ def _is_number(v: Any) -> bool:
 #: key -> (accepts the value, what a valid value is); keys absent from the config are skipped
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (_is_int, "an integer"),
+    "float32_matmul_precision": (lambda v: v in (None, "highest", "high", "medium"), "highest, high (TF32), medium or null"),
+    "trainer.precision": (
+        lambda v: v in ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64", 32, 64, 16),
+        "auto (bf16-mixed on GPUs, 32-true on CPUs), 32-true, bf16-mixed, 16-mixed, bf16-true or 64-true",
+    ),
     "trainer.max_epochs": (lambda v: _is_int(v) and v >= 1, "a whole number of epochs >= 1 (the LR schedule needs a finite length)"),
     "trainer.max_steps": (lambda v: _is_int(v) and (v == -1 or v >= 1), "-1 (no limit) or a number of steps >= 1"),
     "trainer.log_every_n_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),

@@ -24,6 +24,8 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from jepa_platform import signals
+from jepa_platform.callbacks.preemption import Preempted, Preemption
 from jepa_platform.callbacks.progress import ProgressBar
 from jepa_platform.callbacks.rng import RNGStates
 from jepa_platform.checkpoints import (
@@ -39,9 +41,9 @@ from jepa_platform.checkpoints import (
 )
 from jepa_platform.config import build, compose_config, flatten, job_config, run_app, split_args
 from jepa_platform.errors import CheckpointError, JepaError, one_line
-from jepa_platform.launch import global_rank, rank_overrides
+from jepa_platform.launch import global_rank, rank_overrides, requeued
 from jepa_platform.settings import check_run_settings
-from jepa_platform.tracking import RunLogger, check_tracking_uri, install_signal_handlers
+from jepa_platform.tracking import RunLogger, check_tracking_uri
 from jepa_platform.tracking.logger import git_state
 from jepa_platform.tracking.outbox import OUTBOX_DIR
 from jepa_platform.tracking.sweeps import sweep_tags
@@ -56,6 +58,8 @@ for pattern in (
     r".*Checkpoint directory .* exists and is not empty.*",
     # the data modules resume mid-epoch themselves (data_modules.streaming.resume_position)
     r".*resuming from a checkpoint that ended before the epoch ended and your dataloader is not resumable.*",
+    # epoch-level values under DDP/FSDP come from torchmetrics or gathered rows: already over all ranks
+    r".*It is recommended to use `self.log\('(val|perf)/.*sync_dist=True.*",
 ):
     warnings.filterwarnings("ignore", message=pattern)
 
@@ -128,6 +132,10 @@ def _resume_point(cfg: DictConfig, output_dir: Path) -> Path | None:
         log.info("resuming from %s", ckpt_path)
         return ckpt_path
     if any((output_dir / "checkpoints").glob("*.ckpt")):
+        if requeued():  # a requeued SLURM job (pre-empted or timed out) continues where it stopped
+            ckpt_path = find_checkpoint("last", Path(cfg.paths.runs_dir), output_dir)
+            log.info("requeued SLURM job: resuming from %s", ckpt_path)
+            return ckpt_path
         raise CheckpointError(
             f"{output_dir} already holds checkpoints of another run: resume it with ckpt_path=last, or start a new run "
             "with a new JEPA_RUN_ID / torchrun --rdzv-id"
@@ -170,10 +178,29 @@ def _objective_name(cfg: DictConfig) -> str:
     return str(cfg.objective.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
+def apply_gpu_defaults(cfg: DictConfig) -> None:
+    """What a GPU run wants unless the config says otherwise: ``trainer.precision=auto`` (the ``ddp`` and ``fsdp``
+    presets) becomes ``bf16-mixed`` on CUDA GPUs with bfloat16 and ``32-true`` elsewhere (CPU processes keep exact
+    float32), and ``float32_matmul_precision`` (``high``: TF32 tensor cores for float32 matrix products) is set when
+    CUDA is present. The resolved precision is what the run records."""
+    import torch
+
+    on_gpu = str(cfg.trainer.get("accelerator", "auto")) in ("gpu", "cuda") or (
+        str(cfg.trainer.get("accelerator", "auto")) == "auto" and torch.cuda.is_available()
+    )
+    if cfg.trainer.get("precision") == "auto":
+        with open_dict(cfg):
+            cfg.trainer.precision = "bf16-mixed" if on_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    matmul = cfg.get("float32_matmul_precision")
+    if matmul and torch.cuda.is_available():
+        torch.set_float32_matmul_precision(str(matmul))
+
+
 def run_train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured objective; return the final callback metrics."""
     output_dir = Path(cfg.paths.output_dir).resolve()
     check_run_settings(cfg)
+    apply_gpu_defaults(cfg)
     L.seed_everything(cfg.seed, workers=True)
     ckpt_path = _resume_point(cfg, output_dir)
 
@@ -189,11 +216,12 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
         check_checkpoint_matches(state_shapes(ckpt_path), model, ckpt_path)
 
     callbacks = _instantiate_callbacks(cfg.get("callbacks"))  # before the logger: a bad callback touches no run
-    install_signal_handlers()
+    signals.clear()
+    signals.install()
     logger = _build_logger(cfg, ckpt_path)
     recorder = RunRecorder(config, output_dir, ckpt_path is not None, _objective_name(cfg), previous=previous_config)
     callbacks = [*callbacks, RNGStates(), recorder]
-    if not logger:  # nothing to record learning rates into
+    if not logger:  # nothing to record learning rates into (ranks other than 0 have no logger: it holds no state)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if cfg.trainer.get("enable_progress_bar", True) is not False:
         callbacks.append(ProgressBar(every_n_steps=int(cfg.trainer.get("log_every_n_steps") or 10)))
@@ -209,19 +237,55 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
     if trainer.state.status != TrainerStatus.FINISHED:
         raise JepaError(f"training stopped early ({trainer.state.status.value}): see the log above")
+    if signals.received():  # a stop signal after the last step: the run is complete, the final evaluation is skipped
+        _leave_process_group(trainer)
+        stop = next((c.stop for c in trainer.callbacks if isinstance(c, Preemption) and c.stop), None)
+        raise stop or Preempted(signals.received(), trainer.global_step, find_checkpoint("last", Path(cfg.paths.runs_dir), output_dir), False)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    _leave_process_group(trainer)
     if trainer.is_global_zero:
         _print_summary(metrics, output_dir, logger)
         if cfg.get("final_eval"):
-            from jepa_platform.eval.cli import evaluate_run
-
-            metrics.update(evaluate_run(output_dir))
+            metrics.update(final_evaluation(cfg, model, output_dir))
     return metrics
 
 
+#: held-out episodes of the open-loop prediction test that ends a world model's run (``jepa predict`` takes 200)
+FINAL_PREDICT_EPISODES = 50
+
+
+def final_evaluation(cfg: DictConfig, model: Any, output_dir: Path) -> dict[str, float]:
+    """``final_eval=true``, each objective next to its baseline: labelled data gets ``jepa eval`` (frozen linear
+    probe and kNN, trained and randomly initialised); an action-conditioned world model gets ``jepa predict``'s
+    open-loop prediction error on held-out episodes of its environment; anything else is said and skipped."""
+    if cfg.data.get("num_classes"):
+        from jepa_platform.eval.cli import evaluate_run
+
+        return evaluate_run(output_dir)
+    if getattr(model, "needs_actions", False):
+        from jepa_platform.world_model.prediction import main as predict
+
+        predict([str(output_dir), "--episodes", str(FINAL_PREDICT_EPISODES), *(["--no-mlflow"] if not cfg.logger.get("_target_") else [])])
+        return {}
+    log.warning("final_eval=true: the data has no labels and %s is not an action-conditioned world model: nothing to evaluate", type(model).__name__)
+    return {}
+
+
+def _leave_process_group(trainer: L.Trainer) -> None:
+    """After fit, all ranks leave the process group together: rank 0's final evaluation is then one process on the
+    whole evaluation set (a data loader that still saw the group would read rank 0's half), and no rank waits on
+    another that has already exited."""
+    import torch.distributed as dist
+
+    if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+        trainer.strategy.barrier("fit_done")
+        dist.destroy_process_group()
+
+
 def _print_summary(metrics: dict[str, float], output_dir: Path, logger: Any) -> None:
-    keys = [k for k in ("val/probe_acc", "val/knn_acc", "train/loss", "train/energy", "val/repr/rank", "emb/rank") if k in metrics]
+    shown = ("val/probe_acc", "val/knn_acc", "train/loss", "train/energy", "val/repr/rank", "emb/rank", "val/rollout_energy/h1", "val/state_error")
+    keys = [k for k in shown if k in metrics]
     print("\nfinal: " + "  ".join(f"{k}={metrics[k]:.4f}" for k in keys))
     print(f"run directory: {output_dir}")
     if isinstance(logger, MLFlowLogger):
@@ -263,6 +327,10 @@ def main(args: list[str]) -> int:
         sys.argv = launch_argv
         try:
             run_train(cfg)
+        except Preempted as exc:  # a checkpoint was saved: one line (rank 0), and the status schedulers expect
+            if global_rank() == 0:
+                print(f"jepa train: {exc}", file=sys.stderr)
+            sys.exit(128 + exc.signum)
         except JepaError as exc:
             print(f"error: {one_line(exc)}", file=sys.stderr)
             sys.exit(2)

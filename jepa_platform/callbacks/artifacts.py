@@ -3,7 +3,7 @@ system metrics. Each does nothing without an MLflow logger (``logger=none``) and
 
 - :class:`EmbeddingPlots`: after each validation (``plots/epoch<NNN>/``) and at the end (``plots/final/``): the
   correlation matrix of the validation representation, its singular-value spectrum with the effective rank, and
-  the histogram of the per-sample energies of the epoch's training pairs (one series per level for H-JEPA), with
+  the histogram of the per-sample energies of the epoch's training pairs, all ranks' (one series per level for H-JEPA), with
   the mean energy per level over epochs for objectives with several levels. The PNGs also stay in the run
   directory (``<run dir>/plots/``).
 - :class:`EncoderModel`: the trained encoder as an MLflow ``pytorch`` model (``encoder/``, with an input example
@@ -35,6 +35,7 @@ from torch import Tensor
 
 from jepa_platform.callbacks.evaluation import VAL_LOADER, EmbeddingMonitor, exposed
 from jepa_platform.callbacks.progress import batch_samples
+from jepa_platform.distributed import gather_rows
 from jepa_platform.masking.collate import model_input
 
 log = logging.getLogger(__name__)
@@ -74,13 +75,16 @@ class EmbeddingPlots(Callback):
             while len(kept) > 1 and sum(t.numel() for t in kept[1:]) >= self.max_energies:
                 kept.pop(0)
 
-    @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        # every rank hands its energies to rank 0 (the histogram is of the global batch); only rank 0 has the logger
+        energies = {name: gather_rows(torch.cat(kept).float()) for name, kept in sorted(self._energies.items()) if kept}
         logger = mlflow_logger(trainer)
-        if trainer.sanity_checking or logger is None:
+        if not trainer.is_global_zero or logger is None:
             return
         out = Path(trainer.default_root_dir) / "plots" / f"epoch{trainer.current_epoch:03d}"
-        if self._draw(trainer, out):
+        if self._draw(trainer, out, energies):
             logger.experiment.log_artifacts(logger.run_id, str(out), f"plots/{out.name}")
             self._latest = out
 
@@ -94,7 +98,7 @@ class EmbeddingPlots(Callback):
         shutil.copytree(self._latest, final)
         logger.experiment.log_artifacts(logger.run_id, str(final), "plots/final")
 
-    def _draw(self, trainer: L.Trainer, out: Path) -> bool:
+    def _draw(self, trainer: L.Trainer, out: Path, energies: dict[str, Tensor]) -> bool:
         from jepa_platform.tracking import figures
 
         monitor = next((c for c in trainer.callbacks if isinstance(c, EmbeddingMonitor)), None)
@@ -109,7 +113,7 @@ class EmbeddingPlots(Callback):
             figures.save(figures.singular_value_spectrum(sv, rankme(sv), f"{label} singular values"), out / f"{stem}_spectrum.png")
             metric.spectrum = metric.correlation = None  # drawn once
             drawn = True
-        energies = {name: torch.cat(kept).float().cpu().numpy() for name, kept in self._energies.items() if kept}
+        energies = {name: e.cpu().numpy() for name, e in energies.items()}
         if energies:
             figures.save(figures.energy_histogram(energies), out / "energy_histogram.png")
             for name, values in energies.items():
@@ -206,8 +210,8 @@ class SystemMonitor(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seconds = self._last_batch_end - self._epoch_start  # training batches only, not the epoch's validation
-        if self._samples and seconds > 0:
-            pl_module.log("perf/samples_per_sec", self._samples * trainer.world_size / seconds)
+        # every rank logs (the sum over ranks is a collective): the rate of all ranks together
+        pl_module.log("perf/samples_per_sec", self._samples / max(seconds, 1e-9), reduce_fx="sum", sync_dist=trainer.world_size > 1)
 
 
 def system_metrics() -> dict[str, float]:

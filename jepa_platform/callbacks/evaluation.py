@@ -30,7 +30,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from jepa_platform.metrics.alignment import AlignmentUniformity
+from jepa_platform.distributed import gather_rows
+from jepa_platform.metrics.alignment import AlignmentUniformity, alignment, uniformity
 from jepa_platform.metrics.embedding import EmbeddingStats, embedding_stats
 from jepa_platform.metrics.knn import KNNAccuracy
 
@@ -155,7 +156,8 @@ class KNNMonitor(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.num_classes and MAIN in feature_widths(pl_module) and self.metric is None:
-            self.metric = KNNAccuracy(self.num_classes, self.k, self.temperature).to(trainer.strategy.root_device)
+            dim = feature_widths(pl_module)[MAIN]
+            self.metric = KNNAccuracy(self.num_classes, self.k, self.temperature, dim=dim).to(trainer.strategy.root_device)
 
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -178,21 +180,24 @@ class EmbeddingMonitor(Callback):
     ``<name>/*`` of the exposed training embeddings every ``every_n_steps`` optimiser steps, and ``val/repr/*``
     (``val/<name>/*``) accumulated exactly over the whole validation set and all ranks.
 
-    ``<name>/uniformity`` and ``<name>/alignment`` (when the objective exposes positive pairs: two views) are those of
-    the global training batch (all ranks' samples gathered on logging steps); ``val/repr/uniformity`` is over every
+    The training statistics, ``<name>/uniformity`` and ``<name>/alignment`` (when the objective exposes positive pairs:
+    two views) are those of the global training batch (all ranks' rows gathered on logging steps), so every rank logs
+    the same values; ``val/repr/uniformity`` is over every
     pair of the validation set (the first 4096 samples of each rank: it costs ``N^2 D``). Validation images come one
     view each, so alignment is a training statistic only.
 
     Args:
         every_n_steps: how often the training statistics are logged; ``None`` follows ``trainer.log_every_n_steps``.
         dead_threshold: standard deviation under which a dimension counts as dead.
+        max_rows: rows of each rank's training embeddings that the training statistics read (uniformity costs
+            ``N^2 D`` over the gathered rows).
     """
 
-    def __init__(self, every_n_steps: int | None = None, dead_threshold: float = 1e-3) -> None:
+    def __init__(self, every_n_steps: int | None = None, dead_threshold: float = 1e-3, max_rows: int = 4096) -> None:
         self.every_n_steps, self.dead_threshold = every_n_steps, dead_threshold
         self.val_stats: dict[str, EmbeddingStats] = {}
         self.val_uniformity: dict[str, AlignmentUniformity] = {}
-        self.train_pairs = AlignmentUniformity()
+        self.max_rows = max_rows
         self._step = 0
         self._every = every_n_steps or 0
 
@@ -201,12 +206,13 @@ class EmbeddingMonitor(Callback):
         device = trainer.strategy.root_device
         widths = feature_widths(pl_module)
         self.val_stats = {name: EmbeddingStats(w, self.dead_threshold).to(device) for name, w in widths.items()}
-        self.val_uniformity = {name: AlignmentUniformity().to(device) for name in widths}
-        self.train_pairs = self.train_pairs.to(device)
+        self.val_uniformity = {name: AlignmentUniformity(dim=w).to(device) for name, w in widths.items()}
 
     def due(self, step: int) -> bool:
-        """Whether the training statistics are logged at optimiser step ``step``."""
-        return bool(self._every) and step % self._every == 0
+        """Whether the training statistics are computed at optimiser step ``step`` (0-based): on the steps whose values
+        Lightning hands to the logger (the ``every``-th, ``2 every``-th...), so that each logged value is the one of
+        its own step, and a run stopped right after a step has logged everything it computed."""
+        return bool(self._every) and (step + 1) % self._every == 0
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         self._step = trainer.global_step
@@ -214,17 +220,20 @@ class EmbeddingMonitor(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not self.due(self._step):
             return
+        # Statistics of the global batch: every rank gathers every rank's rows (at most max_rows each), so all ranks
+        # log, and decide on (the collapse monitor), the same values. Every rank reaches this on the same steps.
         pairs = exposed(pl_module, "pairs")
-        for where, z in exposed(pl_module, "stats").items():
-            for name, value in embedding_stats(z.detach(), self.dead_threshold).items():
-                pl_module.log(f"{where}/{name}", value, batch_size=z.shape[0])
+        for where, z in sorted(exposed(pl_module, "stats").items()):
+            z_all = gather_rows(z.detach()[: self.max_rows].float())
+            values = embedding_stats(z_all, self.dead_threshold)
             if where in pairs:
-                self.train_pairs.update(*pairs[where])
+                a, b = (gather_rows(p.detach()[: self.max_rows].float()) for p in pairs[where])
+                values["alignment"] = alignment(a, b)
+                values["uniformity"] = uniformity(torch.cat([a, b]))
             else:
-                self.train_pairs.update(z)
-            for name, value in self.train_pairs.compute().items():  # gathers every rank's samples
-                pl_module.log(f"{where}/{name}", value, batch_size=z.shape[0])
-            self.train_pairs.reset()
+                values["uniformity"] = uniformity(z_all)
+            for name, value in values.items():
+                pl_module.log(f"{where}/{name}", value, batch_size=z_all.shape[0])
 
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0

@@ -19,6 +19,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger
 
@@ -33,18 +34,46 @@ class TrainingDiverged(JepaError):
     """The loss or the gradients became NaN or infinite."""
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded (FSDP2 ``DTensor``) tensor, the tensor itself otherwise: checks on local
+    shards need no communication, and one reduction over ranks then covers every shard."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def _grads_finite(module: torch.nn.Module) -> torch.Tensor:
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    grads = [_local(p.grad) for p in module.parameters() if p.grad is not None]
     if not grads:
         return torch.tensor(True)
     norms = torch._foreach_norm(grads)
     return torch.isfinite(torch.stack([n.to(norms[0].device) for n in norms])).all()
 
 
-def _tag(trainer: L.Trainer, key: str, value: Any) -> None:
+def _any_rank(flags: torch.Tensor) -> torch.Tensor:
+    """Element-wise OR of a bool tensor over ranks (every rank must call it): ranks must take the same decision,
+    or the ones that stop leave the others waiting in their next collective."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return flags
+    out = flags.to(torch.int32)
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out.bool()
+
+
+def _first_over_ranks(step: torch.Tensor) -> torch.Tensor:
+    """The smallest non-negative ``step`` over ranks, -1 when every rank holds -1 (every rank must call it)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return step
+    never = torch.iinfo(torch.long).max
+    out = torch.where(step >= 0, step, torch.full_like(step, never))
+    dist.all_reduce(out, op=dist.ReduceOp.MIN)
+    return torch.where(out == never, torch.full_like(out, -1), out)
+
+
+def tag_run(trainer: L.Trainer, tags: dict[str, Any]) -> None:
+    """Set tags on the run's MLflow run (rank 0; nothing without an MLflow logger)."""
     logger = trainer.logger
     if isinstance(logger, MLFlowLogger) and trainer.is_global_zero:
-        logger.experiment.set_tag(logger.run_id, key, str(value))
+        for key, value in tags.items():
+            logger.experiment.set_tag(logger.run_id, key, str(value))
 
 
 class NonFiniteGuard(Callback):
@@ -81,6 +110,10 @@ class NonFiniteGuard(Callback):
         bad, term_flags = self._step_flags(pl_module)
         step = trainer.global_step
         if self.policy == "skip":
+            # every rank skips or none does: a term may be non-finite on one rank only, and under FSDP each rank sees
+            # only its shard of the gradients
+            flags = _any_rank(torch.stack([bad, *(f.to(bad.device) for f in term_flags.values())]))
+            bad, term_flags = flags[0], dict(zip(term_flags, flags[1:], strict=True))
             if bool(bad):  # one host sync per step: the decision is needed now
                 self.skipped += 1
                 self.in_a_row += 1
@@ -109,13 +142,19 @@ class NonFiniteGuard(Callback):
         return ", ".join(f"loss term {name}" for name, flag in flags.items() if bool(flag))
 
     def check(self, trainer: L.Trainer) -> None:
-        """Read the device flag (a host sync); raise :class:`TrainingDiverged` if a step was non-finite."""
+        """Read the device flag (a host sync); raise :class:`TrainingDiverged` if a step was non-finite on any rank.
+        Every rank calls it at the same steps (and before each checkpoint), so all ranks stop together."""
         if self._first_bad is None:
             return
-        first = int(self._first_bad)
+        first_bad = _first_over_ranks(self._first_bad)
+        if self._bad_terms:
+            names = sorted(self._bad_terms)
+            flags = _any_rank(torch.stack([self._bad_terms[n].to(first_bad.device) for n in names]))
+            self._bad_terms = dict(zip(names, flags, strict=True))
+        first = int(first_bad)
         if first >= 0:
             what = self._names(self._bad_terms) or "gradients"
-            _tag(trainer, "nonfinite.step", first)
+            tag_run(trainer, {"nonfinite.step": first})
             raise TrainingDiverged(
                 f"training became non-finite at step {first} ({what} NaN or infinite): lower optimizer.lr, add "
                 "trainer.gradient_clip_val, or resume from an earlier checkpoint; nothing of this state was saved"
@@ -124,7 +163,10 @@ class NonFiniteGuard(Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         # runs while the checkpoint is assembled, before anything is written: a non-finite model is never saved
         self.check(trainer)
-        bad = [name for name, p in pl_module.named_parameters() if not torch.isfinite(p.detach()).all()]
+        names = [name for name, _ in pl_module.named_parameters()]
+        finite = [torch.isfinite(_local(p.detach())).all() for p in pl_module.parameters()]
+        flags = _any_rank(~torch.stack(finite)) if finite else torch.zeros(0, dtype=torch.bool)
+        bad = [name for name, flag in zip(names, flags.tolist(), strict=True) if flag]  # one transfer for all parameters
         if bad:
             raise TrainingDiverged(
                 f"the weights are non-finite at step {trainer.global_step} (e.g. {bad[0]}): not saved; resume from an earlier checkpoint"
@@ -176,8 +218,7 @@ class CollapseMonitor(Callback):
             log.warning(
                 "collapse: %s for %d checks in a row at step %d%s", detail, self.in_a_row, trainer.global_step, ": stopping" if self.stop else ""
             )
-            _tag(trainer, "collapse.step", trainer.global_step)
-            _tag(trainer, "collapse.detail", detail)
+            tag_run(trainer, {"collapse.step": trainer.global_step, "collapse.detail": detail})
             pl_module.log("collapse/detected", 1.0, on_step=True, on_epoch=False, batch_size=1)
             if self.stop:
                 trainer.should_stop = True

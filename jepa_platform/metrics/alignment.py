@@ -58,17 +58,25 @@ class AlignmentUniformity(Metric):
     Args:
         t: temperature of the uniformity kernel.
         max_samples: samples kept per rank for uniformity (``None``: all).
+        dim: the embeddings' width; give it when a rank may see no sample (its empty state then syncs).
     """
 
     full_state_update = False
 
-    def __init__(self, t: float = UNIFORMITY_T, max_samples: int | None = 4096, **kwargs) -> None:
+    def __init__(self, t: float = UNIFORMITY_T, max_samples: int | None = 4096, dim: int | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.t, self.max_samples = t, max_samples
+        self.t, self.max_samples, self.dim = t, max_samples, dim
         self._kept = 0
         self.add_state("pair_sq_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("pairs", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("samples", [], dist_reduce_fx="cat")
+        self._start_empty()
+
+    def _start_empty(self) -> None:
+        # a rank that sees no sample must still gather a (0, dim) tensor: torchmetrics would gather an empty 1-D one,
+        # whose shape the other ranks' (N, dim) do not match, and the collective fails
+        if self.dim is not None:
+            self.samples.append(torch.zeros(0, self.dim, device=self.device))
 
     def _keep(self, z: Tensor) -> None:
         room = z.shape[0] if self.max_samples is None else max(self.max_samples - self._kept, 0)
@@ -88,9 +96,12 @@ class AlignmentUniformity(Metric):
     def reset(self) -> None:
         super().reset()
         self._kept = 0
+        self._start_empty()
 
     def compute(self) -> dict[str, Tensor]:
-        samples = dim_zero_cat(self.samples) if self.samples else torch.zeros(0, 1, device=self.pairs.device)
+        # a list before a sync, one gathered tensor after torchmetrics syncs it over ranks (never ``if self.samples``)
+        empty = isinstance(self.samples, list) and not self.samples
+        samples = torch.zeros(0, 1, device=self.pairs.device) if empty else dim_zero_cat(self.samples)
         out = {"uniformity": _uniformity_of_normalised(samples, self.t)}
         if self.pairs > 0:
             out["alignment"] = (self.pair_sq_sum / self.pairs).float()

@@ -29,11 +29,23 @@ class KNNAccuracy(Metric):
 
     full_state_update = False
 
-    def __init__(self, num_classes: int, k: int = 20, temperature: float = 0.07, **kwargs) -> None:
+    def __init__(self, num_classes: int, k: int = 20, temperature: float = 0.07, dim: int | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.num_classes, self.k, self.temperature = num_classes, k, temperature
+        self.num_classes, self.k, self.temperature, self.dim = num_classes, k, temperature, dim
         for name in ("bank_feats", "bank_labels", "query_feats", "query_labels"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
+        self._start_empty()
+
+    def _start_empty(self) -> None:
+        # a rank without bank or query samples must gather (0, dim) features, not torchmetrics' empty 1-D stand-in
+        if self.dim is not None:
+            for prefix in ("bank", "query"):
+                getattr(self, f"{prefix}_feats").append(torch.zeros(0, self.dim, device=self.device))
+                getattr(self, f"{prefix}_labels").append(torch.zeros(0, dtype=torch.long, device=self.device))
+
+    def reset(self) -> None:
+        super().reset()
+        self._start_empty()
 
     def update(self, features: Tensor, labels: Tensor, bank: bool) -> None:
         """Add features to the bank (``bank=True``) or to the queries."""
@@ -47,5 +59,7 @@ class KNNAccuracy(Metric):
             return torch.tensor(float("nan"))
         bank, bank_labels = dim_zero_cat(self.bank_feats), dim_zero_cat(self.bank_labels)
         query, query_labels = dim_zero_cat(self.query_feats), dim_zero_cat(self.query_labels)
+        if bank.shape[0] == 0 or query.shape[0] == 0:
+            return torch.tensor(float("nan"), device=query.device)
         preds = knn_predict(query, bank, bank_labels, self.num_classes, self.k, self.temperature)
         return (preds == query_labels).float().mean()

@@ -5,10 +5,9 @@ server outages (:mod:`.outbox`, ``jepa sync``), sweep grouping (:mod:`.sweeps`),
 from jepa_platform.tracking.logger import (
     RunLogger,
     check_tracking_uri,
-    install_signal_handlers,
     log_to_run,
     logged_steps,
     mark_dead_runs,
 )
 
-__all__ = ["RunLogger", "check_tracking_uri", "install_signal_handlers", "log_to_run", "logged_steps", "mark_dead_runs"]
+__all__ = ["RunLogger", "check_tracking_uri", "log_to_run", "logged_steps", "mark_dead_runs"]

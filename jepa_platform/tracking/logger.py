@@ -5,7 +5,7 @@
 * **one value per step**: a resumed run re-does the steps after its checkpoint; metrics the run already holds at
   those steps are not logged again (resume is exact, so they are the same values). Within an attempt too, a key is
   logged at most once per step (Lightning sends ``epoch`` with every batch of metrics);
-* **honest status**: a run stopped by a signal is ``KILLED``; a resume that fails before training its first step
+* **honest status**: a run stopped by a signal is ``KILLED`` (:mod:`jepa_platform.signals`); a resume that fails before training its first step
   leaves the run's status as it was (a ``FINISHED`` run stays ``FINISHED``); a run whose process died without a word
   (``kill -9``, out of memory) is marked ``KILLED`` the next time a run starts on the same host
   (:func:`mark_dead_runs`); each resume is tagged ``resume.<n>.*`` with the checkpoint, its step and the status
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -35,28 +34,13 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
+from jepa_platform import signals
 from jepa_platform.errors import ConfigError
 from jepa_platform.settings import unwritable
 from jepa_platform.tracking.outbox import Outbox, OutboxClient
 
 log = logging.getLogger(__name__)
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
-_received_signal: list[int] = []
-
-
-def _on_signal(signum: int, frame: Any) -> None:
-    _received_signal.append(signum)
-    raise SystemExit(128 + signum)
-
-
-def install_signal_handlers() -> None:
-    """SIGTERM, SIGINT and SIGHUP end the run as ``KILLED`` (the logger's ``finalize`` sees the signal) with exit
-    status 128 + signal; Lightning chains its own SIGTERM handling (SLURM requeue) in front of this one."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        try:
-            signal.signal(sig, _on_signal)
-        except ValueError:  # not the main thread
-            return
 
 
 def _pid_alive(pid: int) -> bool:
@@ -204,7 +188,7 @@ class RunLogger(MLFlowLogger):
     def finalize(self, status: str = "success") -> None:
         if not self._initialized:
             return
-        if status != "success" and _received_signal:
+        if status != "success" and signals.received():
             status = "KILLED"
         elif status != "success" and not self._trained and self._previous_status in TERMINAL:
             status = self._previous_status  # a resume that failed before training leaves the run as it was
@@ -248,14 +232,14 @@ def log_to_run(run_dir: Path, metrics: dict[str, float], artifacts: Path | None 
     (``mlflow_run.json``); ``False`` (with a warning) when the run has none."""
     import json
 
-    import mlflow
-
     from jepa_platform.checkpoints import RUN_INFO
 
     info_file = Path(run_dir) / RUN_INFO
-    if not info_file.is_file():
-        log.warning("no %s in %s: results not logged to MLflow", RUN_INFO, run_dir)
+    if not info_file.is_file():  # trained with logger=none: MLflow is not even imported
+        log.warning("no %s in %s (trained without MLflow): results not logged to MLflow", RUN_INFO, run_dir)
         return False
+    import mlflow
+
     info = json.loads(info_file.read_text())
     client = mlflow.MlflowClient(tracking_uri=info["tracking_uri"])
     for key, value in metrics.items():

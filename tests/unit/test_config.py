@@ -12,6 +12,7 @@ from jepa_platform.config import config_dir, group_options, rewrite_trainer_over
 from jepa_platform.errors import ConfigError
 from jepa_platform.objectives import Objective
 from jepa_platform.testing import objective_class
+from jepa_platform.train import apply_gpu_defaults
 
 CONF = config_dir()
 ALL_OPTIONS = [(g.name, p.stem) for g in sorted(CONF.iterdir()) if g.is_dir() for p in sorted(g.glob("*.yaml"))]
@@ -65,6 +66,7 @@ def test_compose_and_instantiate(group: str, option: str, make_cfg, tiny_dataset
     assert isinstance(model, Objective)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c and c.get("_target_")]
     logger = instantiate(cfg.logger) if cfg.logger.get("_target_") else False
+    apply_gpu_defaults(cfg)  # trainer.precision=auto (ddp, fsdp) resolves as jepa train resolves it
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, _convert_="all")
     assert isinstance(trainer, L.Trainer)
     optimizer = model.optimizer_factory(model.parameters())

@@ -1,0 +1,198 @@
+"""``jepa train`` on two CPU processes (gloo on 127.0.0.1) through the command line, with the default callbacks and
+logger: validation, final evaluation, a checkpoint, a resume from it, ``jepa eval`` and ``jepa export`` of the result;
+pre-emption by SIGTERM; and every platform metric synced over two processes as one process computes it.
+
+The default run covers a joint-embedding objective, a masked JEPA and a world model under ``trainer=ddp`` and
+``trainer=fsdp`` (``vicreg`` under DDP is the pre-emption test's run); ``make test-all`` covers every registered
+objective, plugins included, with the resumed run compared with an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torchmetrics.classification import MulticlassAccuracy
+
+from jepa_platform.export import FORMAT, load_exported
+from jepa_platform.metrics.alignment import AlignmentUniformity
+from jepa_platform.metrics.embedding import EmbeddingStats
+from jepa_platform.metrics.knn import KNNAccuracy
+from jepa_platform.registry import OBJECTIVES
+from jepa_platform.testing import encoder_overrides, objective_class, run_jepa
+from jepa_platform.testing.runs import metric_history, same_training
+from jepa_platform.testing.two_processes import (
+    TWO_CPU_PROCESSES,
+    ListStateTruthiness,
+    check_callback_under_two_processes,
+    jepa_two_processes,
+    metrics_under_two_processes,
+)
+
+#: a short epoch: 4 steps of 2 x 32 images (2 x 16 clips for world models), 2 validation batches per loader
+SHORT = ("trainer.limit_train_batches=4", "trainer.limit_val_batches=2")
+DEFAULT_CASES = [("ema_jepa", "ddp"), ("ac_jepa", "ddp"), ("vicreg", "fsdp"), ("ema_jepa", "fsdp"), ("ac_jepa", "fsdp")]
+ALL_CASES = [(name, strategy) for name in OBJECTIVES.names() for strategy in ("ddp", "fsdp")]
+
+
+def _env(tmp_path: Path, data_root: Path, run_id: str) -> dict[str, str]:
+    return {"JEPA_DATA_DIR": str(data_root), "JEPA_RUNS_DIR": str(tmp_path / "runs"), "JEPA_RUN_ID": run_id}
+
+
+def _train_args(objective: str, strategy: str, *extra: str) -> list[str]:
+    return ["train", *encoder_overrides(objective), f"objective={objective}", f"trainer={strategy}", *TWO_CPU_PROCESSES, *SHORT, *extra]
+
+
+def _steps(run: Path) -> int:
+    from jepa_platform.checkpoints import checkpoint_step
+
+    return checkpoint_step(run / "checkpoints" / "last.ckpt")
+
+
+def _check_export_and_eval(run: Path, objective: str, tmp_path: Path, env: dict[str, str]) -> None:
+    """``jepa eval`` (labelled data) and ``jepa export`` of a two-process run, and the exported encoder on images."""
+    if not getattr(objective_class([f"objective={objective}"]), "needs_actions", False):
+        evaluated = run_jepa(["eval", str(run), "--train-samples", "256", "--random-init", "skip", "--no-mlflow"], env)
+        assert evaluated.returncode == 0 and "trained" in evaluated.stdout, evaluated.stderr[-3000:]
+    out = tmp_path / f"{run.name}.pt"
+    exported = run_jepa(["export", str(run), "--out", str(out)], env)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    record = torch.load(out, weights_only=True)
+    assert record["format"] == FORMAT and record["source"]["global_step"] == _steps(run)
+    encoder, preprocess = load_exported(out, with_preprocessing=True)
+    channels, height, width = record["input"]["input_size"]
+    images = torch.randint(0, 256, (2, channels, height + 8, width + 8), dtype=torch.uint8)  # as a user's images come
+    with torch.no_grad():
+        features = encoder(preprocess(images))
+    assert features.shape[0] == 2 and torch.isfinite(features).all()
+
+
+def _train_resume_and_use(objective: str, strategy: str, tmp_path: Path, data_root: Path, compare: bool) -> dict[str, object]:
+    env = _env(tmp_path, data_root, f"{objective}-{strategy}")
+    first = jepa_two_processes(_train_args(objective, strategy, "trainer.max_epochs=1", "final_eval=true"), env)
+    assert first.returncode == 0, first.stderr[-4000:]
+    run = tmp_path / "runs" / f"{objective}-{strategy}_{objective}"
+    assert "final:" in first.stdout and (run / "checkpoints" / "last.ckpt").exists()
+    labelled = not getattr(objective_class([f"objective={objective}"]), "needs_actions", False)
+    if labelled:  # final evaluation: frozen probe next to the random init
+        assert "frozen-encoder evaluation" in first.stdout and (run / "eval.json").is_file()
+    else:  # a world model's final evaluation: open-loop prediction error on held-out episodes
+        assert list(run.glob("predict/*/predict.json")), first.stdout[-2000:]
+    one_epoch = _steps(run)
+
+    resumed = jepa_two_processes(_train_args(objective, strategy, "trainer.max_epochs=2", "ckpt_path=last"), env)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert _steps(run) == 2 * one_epoch > 0
+    status, history, tags = metric_history(tmp_path / "runs")
+    assert status == "FINISHED" and tags.get("resume.count") == "1"
+    assert all(len({s for s, _ in v}) == len(v) for v in history.values()), "a step logged twice"
+    _check_export_and_eval(run, objective, tmp_path, env)
+    found = {"exit": first.returncode, "resume": resumed.returncode, "steps": _steps(run)}
+    found.update({k: v[-1][1] for k, v in history.items() if k in ("val/probe_acc", "train/energy", "val/rollout_energy/h1")})
+    if compare:  # the same two epochs in one go
+        reference_env = _env(tmp_path / "reference", data_root, f"{objective}-{strategy}")
+        reference = jepa_two_processes(_train_args(objective, strategy, "trainer.max_epochs=2"), reference_env)
+        assert reference.returncode == 0, reference.stderr[-4000:]
+        found["resume_exact"] = same_training(run, tmp_path / "reference" / "runs" / run.name) or "exact"
+    return found
+
+
+@pytest.mark.parametrize(("objective", "strategy"), DEFAULT_CASES, ids=[f"{o}-{s}" for o, s in DEFAULT_CASES])
+def test_two_process_run_validates_evaluates_checkpoints_resumes_and_exports(objective: str, strategy: str, tmp_path: Path, data_root: Path):
+    _train_resume_and_use(objective, strategy, tmp_path, data_root, compare=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("objective", "strategy"), ALL_CASES, ids=[f"{o}-{s}" for o, s in ALL_CASES])
+def test_every_objective_under_two_processes_resumes_exactly(objective: str, strategy: str, tmp_path: Path, data_root: Path):
+    found = _train_resume_and_use(objective, strategy, tmp_path, data_root, compare=True)
+    print(json.dumps({"objective": objective, "strategy": strategy, **found}))
+    assert found["resume_exact"] == "exact", found["resume_exact"]
+
+
+# -- pre-emption --------------------------------------------------------------------------------------------------
+PREEMPTIBLE = (
+    "debug=fast",
+    "trainer=ddp",
+    *TWO_CPU_PROCESSES,
+    "trainer.max_epochs=2",
+    "data.num_workers=1",  # workers get the scheduler's signal too: they must leave it to the main process
+    "callbacks.model_checkpoint.every_n_train_steps=2",
+    "callbacks.model_checkpoint.every_n_epochs=0",
+)
+
+
+def _preempt(args: list[str], env: dict[str, str], runs: Path) -> subprocess.CompletedProcess:
+    """Start a two-process run and, once it has written its first step checkpoint (mid-epoch), send SIGTERM to its
+    whole process group (both ranks and their loader workers), as SLURM does."""
+    cmd = [sys.executable, "-m", "jepa_platform.cli", *args]
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, **env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not list(runs.glob("*/checkpoints/epoch000-step0000002.ckpt")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def test_sigterm_saves_at_a_step_boundary_and_the_resumed_run_equals_the_uninterrupted_one(tmp_path: Path, data_root: Path):
+    reference_env = _env(tmp_path / "reference", data_root, "pre")
+    reference = jepa_two_processes(["train", *PREEMPTIBLE, "final_eval=true"], reference_env)
+    assert reference.returncode == 0, reference.stderr[-4000:]
+    epoch_steps = _steps(tmp_path / "reference" / "runs" / "pre_vicreg") // 2
+
+    env = _env(tmp_path, data_root, "pre")
+    stopped = _preempt(["train", *PREEMPTIBLE], env, tmp_path / "runs")
+    run = tmp_path / "runs" / "pre_vicreg"
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-4000:]
+    last = stopped.stderr.strip().splitlines()[-1]
+    step = _steps(run)
+    assert last.startswith("jepa train: stopped by SIGTERM; checkpoint saved at step") and f"step {step}:" in last, last
+    assert "Traceback" not in stopped.stderr and "killed by signal" not in stopped.stderr, stopped.stderr[-4000:]
+    assert 2 <= step < 2 * epoch_steps
+    status, _, tags = metric_history(tmp_path / "runs")
+    assert status == "KILLED" and tags["preempted.step"] == str(step) and tags["preempted.signal"] == "SIGTERM"
+
+    resumed = jepa_two_processes(["train", *PREEMPTIBLE, "final_eval=true", "ckpt_path=last"], env)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert same_training(run, tmp_path / "reference" / "runs" / "pre_vicreg") == ""
+    _check_export_and_eval(run, "vicreg", tmp_path, env)
+
+
+# -- metrics and callbacks: the contracts a plugin author runs ------------------------------------------------------
+def _embeddings(n: int, d: int = 6, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(8, d, generator=g) for _ in range(n)]
+
+
+def test_every_platform_metric_syncs_over_two_processes_as_one_process_computes_it():
+    z, w = _embeddings(4), _embeddings(4, seed=1)
+    labels = [torch.arange(8) % 3 for _ in range(4)]
+    problems = metrics_under_two_processes(
+        {
+            "embedding_stats": (functools.partial(EmbeddingStats, 6), [(x,) for x in z]),
+            "alignment_uniformity": (functools.partial(AlignmentUniformity, dim=6), list(zip(z, w, strict=True))),
+            "knn": (functools.partial(KNNAccuracy, 3, k=3, dim=6), [(x, y, i % 2 == 0) for i, (x, y) in enumerate(zip(z, labels, strict=True))]),
+            "probe_accuracy": (functools.partial(MulticlassAccuracy, 3, average="micro"), [(x[:, :3], y) for x, y in zip(z, labels, strict=True)]),
+            "negative_control": (ListStateTruthiness, [(x,) for x in z]),  # `if self.samples` on a synced state
+        }
+    )
+    assert problems.pop("negative_control"), "the contract should catch a metric that tests a list state's truth"
+    assert problems == dict.fromkeys(problems, "")
+
+
+@pytest.mark.slow  # the default callbacks already run in every two-process run above
+def test_callback_contract_passes_a_good_callback_and_catches_a_broken_one(tmp_path: Path, data_root: Path):
+    check_callback_under_two_processes("jepa_platform.callbacks.EpochSummary", workdir=tmp_path / "good", data_dir=data_root)
+    with pytest.raises(AssertionError, match="exited"):
+        check_callback_under_two_processes("jepa_platform.testing.two_processes.ListStateCallback", workdir=tmp_path / "bad", data_dir=data_root)
