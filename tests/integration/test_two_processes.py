@@ -196,3 +196,33 @@ def test_callback_contract_passes_a_good_callback_and_catches_a_broken_one(tmp_p
     check_callback_under_two_processes("jepa_platform.callbacks.EpochSummary", workdir=tmp_path / "good", data_dir=data_root)
     with pytest.raises(AssertionError, match="exited"):
         check_callback_under_two_processes("jepa_platform.testing.two_processes.ListStateCallback", workdir=tmp_path / "bad", data_dir=data_root)
+
+
+def test_slurm_time_limit_warning_requeues_and_the_requeued_job_resumes_by_itself(tmp_path: Path, data_root: Path):
+    """SIGUSR1 in a SLURM job (one process here; ``scontrol`` is a stand-in that records its arguments): checkpoint,
+    ``scontrol requeue <job id>``, exit 128 + SIGUSR1; the requeued job (``SLURM_RESTART_COUNT=1``, same command)
+    resumes from that checkpoint without being told."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {**_env(tmp_path, data_root, "slurm"), "SLURM_JOB_ID": "4242", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    args = ["train", "debug=fast", "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "callbacks.model_checkpoint.every_n_train_steps=2"]
+    args.append("callbacks.model_checkpoint.every_n_epochs=0")
+    cmd = [sys.executable, "-m", "jepa_platform.cli", *args]
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not list((tmp_path / "runs").glob("*/checkpoints/epoch000-step0000002.ckpt")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGUSR1, err[-3000:]
+    assert "the job was requeued" in err.strip().splitlines()[-1]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    run = tmp_path / "runs" / "slurm_vicreg"
+    stopped_at = _steps(run)
+
+    again = jepa_two_processes(args, {**env, "SLURM_RESTART_COUNT": "1"})  # the same command, as SLURM reruns it
+    assert again.returncode == 0, again.stderr[-3000:]
+    _, _, tags = metric_history(tmp_path / "runs")
+    assert tags["resume.1.from_step"] == str(stopped_at) and _steps(run) > stopped_at

@@ -101,3 +101,55 @@ def test_any_trainer_argument_is_accepted():
     args = rewrite_trainer_overrides(["trainer.gradient_clip_val=1.0", "trainer.max_epochs=3"])
     assert args == ["++trainer.gradient_clip_val=1.0", "++trainer.max_epochs=3"]
     validate(args)
+
+
+def test_gpu_defaults_resolve_precision_and_tf32_where_cuda_is(monkeypatch: pytest.MonkeyPatch):
+    """trainer=ddp/fsdp ask for precision auto: bf16-mixed on CUDA GPUs with bfloat16, 32-true for CPU processes;
+    float32_matmul_precision applies on CUDA only (a key turns it off)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    def cfg(accelerator: str, matmul: str | None = "high"):
+        return OmegaConf.create({"trainer": {"accelerator": accelerator, "precision": "auto"}, "float32_matmul_precision": matmul})
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        for cuda, accelerator, expected in ((False, "auto", "32-true"), (False, "cpu", "32-true"), (True, "auto", "bf16-mixed"), (True, "cpu", "32-true")):
+            monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+            monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+            torch.set_float32_matmul_precision("highest")
+            c = cfg(accelerator)
+            apply_gpu_defaults(c)
+            assert c.trainer.precision == expected, (cuda, accelerator)
+            assert torch.get_float32_matmul_precision() == ("high" if cuda else "highest")
+        torch.set_float32_matmul_precision("highest")
+        apply_gpu_defaults(cfg("gpu", matmul=None))  # turned off: torch's default stays
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "size", "mean", "std"),
+    [
+        (["data=small_images_gray", "data.image_size=28"], [1, 28, 28], [0.5], [0.25]),
+        (["data=small_images"], [3, 32, 32], [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
+        (["debug=fast_wm"], [3, 32, 32], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]),
+    ],
+)
+def test_export_records_what_the_encoder_expects_as_input(overrides: list[str], size: list[int], mean: list[float], std: list[float]):
+    """jepa export's ``input`` record comes from the run's evaluation transform: a grey-image encoder carries its one
+    channel and its mean 0.5 / std 0.25, and the preprocessing built from it maps uint8 images to exactly that."""
+    import torch
+
+    from jepa_platform.config import compose_config
+    from jepa_platform.export import input_spec, preprocessing
+
+    spec = input_spec(compose_config(overrides))
+    assert spec["input_size"] == size and spec["mean"] == pytest.approx(mean) and spec["std"] == pytest.approx(std)
+    images = torch.randint(0, 256, (2, size[0], size[1] + 4, size[2] + 6), dtype=torch.uint8)
+    x = preprocessing(spec)(images)
+    assert x.shape == (2, *size)
+    centre = images[..., 2 : 2 + size[1], 3 : 3 + size[2]].float() / 255  # resize to the short side, then centre crop
+    expected = (centre - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
+    assert x.mean().item() == pytest.approx(expected.mean().item(), abs=0.05)

@@ -101,7 +101,8 @@ def test_slurm_launcher_config_becomes_the_sbatch_script(env, tmp_path: Path):
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
     script = executor._executor._make_submission_file_text("python -u -m submitit.core._submit x", "uid")
-    for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8", "#SBATCH --partition=gpu", "module load cuda"):
+    expected = ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8", "#SBATCH --partition=gpu", "module load cuda")
+    for line in (*expected, "#SBATCH --signal=USR1@120"):  # SLURM's warning, which jepa train turns into a checkpoint
         assert line in script
     assert script.index("module load cuda") < script.index("srun ")
 
