@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -65,7 +65,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def migrated_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def migrated_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A new SQLite MLflow store starts as a copy of one empty store migrated once per session: MLflow builds a new
     store by running its whole schema migration history (about a second each), which in-process tests would pay for
     every run directory they create. Stores that cannot be created (a path under a file, a read-only directory)
@@ -86,8 +86,21 @@ def migrated_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         original(self, db_uri, default_artifact_root, *args, **kwargs)
 
     sqlalchemy_store.SqlAlchemyStore.__init__ = init
-    yield
+    yield template
     sqlalchemy_store.SqlAlchemyStore.__init__ = original
+
+
+@pytest.fixture
+def migrated_store(migrated_mlflow_store: Path) -> Callable[[Path], None]:
+    """Put a migrated empty MLflow store at ``<runs>/mlflow.db`` for a ``jepa train`` subprocess (which the patch above
+    does not reach): the subprocess then skips the seconds of schema migrations a new store costs."""
+
+    def put(runs: Path) -> None:
+        runs.mkdir(parents=True, exist_ok=True)
+        if not (runs / "mlflow.db").exists():
+            shutil.copyfile(migrated_mlflow_store, runs / "mlflow.db")
+
+    return put
 
 
 @pytest.fixture(scope="session")

@@ -14,11 +14,12 @@ def _final_checkpoint(run_dir: Path) -> dict[str, Any]:
 
 
 def metric_history(store: Path, experiment: str = "jepa") -> tuple[str, dict[str, list[tuple[int, float]]], dict[str, str]]:
-    """Status, ``{metric: [(step, value), ...]}`` and tags of the one run of ``experiment`` in ``store/mlflow.db``."""
+    """Status, ``{metric: [(step, value), ...]}`` and tags of the newest run of ``experiment`` in ``store/mlflow.db``
+    (an attempt killed before its first checkpoint leaves a run of its own; the attempt after it starts anew)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{store}/mlflow.db")
-    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    run = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], order_by=["attributes.start_time DESC"])[0]
     history = {k: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)) for k in run.data.metrics}
     return run.info.status, history, run.data.tags
 

@@ -19,6 +19,7 @@ def _jepa(*args: str, cwd: Path, env_data: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "jepa_platform.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # one process through the CLI: the default run trains through it in test_two_processes.py and test_plugin.py
 def test_train_runs_and_writes_a_run(tmp_path: Path, data_root: Path):
     result = _jepa("train", "debug=fast", "trainer.max_epochs=1", cwd=tmp_path, env_data=data_root)
     assert result.returncode == 0, result.stderr[-2000:]

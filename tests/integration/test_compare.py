@@ -106,6 +106,7 @@ def test_runs_log_plots_model_and_statistics(sweep: dict):
     assert tuple(signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, 32, 32)
 
 
+@pytest.mark.slow  # the notebook re-runs commands the tests above cover; make test-all runs it
 def test_notebook_runs_on_the_sweep(sweep: dict, tmp_path: Path):
     outputs = execute_notebook(NOTEBOOKS / "compare_regularizers.py", tmp_path, {"MLFLOW_TRACKING_URI": sweep["uri"]})
     assert any("image/png" in o.get("data", {}) for o in outputs)

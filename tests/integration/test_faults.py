@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # 90 s; exact resume after a stop is in the default run (test_two_processes.py, SIGTERM)
 def test_killed_and_resumed_run_matches_the_uninterrupted_one(data_root: Path):
     # trial seed 0 waits for a checkpoint file to be half-written before its kill, the hardest moment
     cmd = [sys.executable, "-m", "benchmarks.faults", "--trials", "1", "--kills", "1", "--epochs", "1", "--data-dir", str(data_root)]

@@ -47,7 +47,8 @@ def single() -> dict:
 FSDP_SUBSET = ("vicreg", "ema_jepa", "h_jepa")
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp", pytest.param("fsdp-all", marks=pytest.mark.slow)])
+# DDP: slow (the gradients of one DDP step equal one process's for every objective in test_distributed.py)
+@pytest.mark.parametrize("strategy", [pytest.param("ddp", marks=pytest.mark.slow), "fsdp", pytest.param("fsdp-all", marks=pytest.mark.slow)])
 def test_every_objective_under_two_processes_matches_one_process(strategy: str, single: dict):
     """The default FSDP run also validates after fit (image objectives): Lightning calls configure_model again, and
     sharding must not run twice (it used to broadcast rank 0's tensors over the shards, which failed on DTensors)."""

@@ -115,6 +115,7 @@ def test_windows_that_do_not_fit_are_refused(runs):
     assert result.returncode == 2 and "does not fit clips of 24 frames" in result.stderr
 
 
+@pytest.mark.slow  # the notebook re-runs commands the tests above cover; make test-all runs it
 def test_notebook_runs_at_tiny_size(tmp_path: Path):
     from jepa_platform.testing import execute_notebook
 

@@ -67,6 +67,7 @@ def _check_exactly_once(server: MlflowServer, run_dir: Path, logged: list[tuple[
     assert any(k.startswith("config/") for k in artifacts)
 
 
+@pytest.mark.slow  # 40 s with its server; the outbox itself is tested in tests/unit/test_outbox.py
 def test_server_killed_mid_run_and_restarted_loses_nothing(server: MlflowServer, tmp_path: Path, data_root: Path, monkeypatch):
     """Killed after step 3, back after step 7 of 12: training goes on, the outbox is delivered when the server
     returns, and every metric step and artifact arrives exactly once."""

@@ -173,6 +173,7 @@ def test_plan_refuses_a_run_that_is_not_a_world_model(tmp_path: Path, data_root:
     assert done.returncode == 2 and "is not a world model" in done.stderr
 
 
+@pytest.mark.slow  # the notebook re-runs commands the tests above cover; make test-all runs it
 def test_notebook_runs_at_tiny_size(tmp_path: Path):
     from jepa_platform.testing import execute_notebook
 

@@ -114,7 +114,8 @@ def test_gpu_defaults_resolve_precision_and_tf32_where_cuda_is(monkeypatch: pyte
 
     before = torch.get_float32_matmul_precision()
     try:
-        for cuda, accelerator, expected in ((False, "auto", "32-true"), (False, "cpu", "32-true"), (True, "auto", "bf16-mixed"), (True, "cpu", "32-true")):
+        cases = ((False, "auto", "32-true"), (False, "cpu", "32-true"), (True, "auto", "bf16-mixed"), (True, "cpu", "32-true"))
+        for cuda, accelerator, expected in cases:
             monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
             monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
             torch.set_float32_matmul_precision("highest")
