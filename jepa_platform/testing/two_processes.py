@@ -199,3 +199,15 @@ class ListStateCallback(Callback):
         if self.metric.update_called:
             pl_module.log("val/list_state_mean", self.metric.compute())
         self.metric.reset()
+
+
+class SendSignalAt(Callback):
+    """Sends ``signum`` (a name: ``SIGTERM``, ``SIGUSR1``...) to this process after optimiser step ``step``, as a
+    scheduler would at that moment: pre-emption tests of one in-process run."""
+
+    def __init__(self, step: int, signum: str = "SIGTERM") -> None:
+        self.step, self.signum = step, signal.Signals[signum]
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)

@@ -70,7 +70,9 @@ def test_every_objective_under_two_processes_matches_one_process(strategy: str, 
 RESUME_SUBSET = ("vicreg", "ema_jepa")
 
 
-@pytest.mark.parametrize("which", ["subset", pytest.param("all", marks=pytest.mark.slow)])
+# slow: the default run resumes vicreg, ema_jepa and ac_jepa from sharded checkpoints through jepa train on two processes
+# (test_two_processes.py); make test-all compares their losses with an uninterrupted run here and there
+@pytest.mark.parametrize("which", [pytest.param("subset", marks=pytest.mark.slow), pytest.param("all", marks=pytest.mark.slow)])
 def test_every_objective_resumes_from_a_sharded_checkpoint_with_the_same_losses(which: str, single: dict):
     """Each run stops after its first step and writes a sharded checkpoint; a differently initialised model resumes
     from it (weights, optimiser state, LR schedule, EMA targets and their callback) and steps on exactly as the

@@ -39,6 +39,11 @@ from jepa_platform.testing.two_processes import (
 
 #: a short epoch: 4 steps of 2 x 32 images (2 x 16 clips for world models), 2 validation batches per loader
 SHORT = ("trainer.limit_train_batches=4", "trainer.limit_val_batches=2")
+#: the two default callbacks that the debug presets leave out for speed: back, so every default callback runs
+ALL_CALLBACKS = (
+    "callbacks.embedding_plots={_target_:jepa_platform.callbacks.EmbeddingPlots}",
+    "callbacks.encoder_model={_target_:jepa_platform.callbacks.EncoderModel}",
+)
 DEFAULT_CASES = [("ema_jepa", "ddp"), ("ac_jepa", "ddp"), ("vicreg", "fsdp"), ("ema_jepa", "fsdp"), ("ac_jepa", "fsdp")]
 ALL_CASES = [(name, strategy) for name in OBJECTIVES.names() for strategy in ("ddp", "fsdp")]
 
@@ -48,7 +53,8 @@ def _env(tmp_path: Path, data_root: Path, run_id: str) -> dict[str, str]:
 
 
 def _train_args(objective: str, strategy: str, *extra: str) -> list[str]:
-    return ["train", *encoder_overrides(objective), f"objective={objective}", f"trainer={strategy}", *TWO_CPU_PROCESSES, *SHORT, *extra]
+    overrides = [*encoder_overrides(objective), f"objective={objective}", f"trainer={strategy}", *TWO_CPU_PROCESSES, *SHORT, *ALL_CALLBACKS]
+    return ["train", *overrides, *extra]
 
 
 def _steps(run: Path) -> int:
@@ -88,6 +94,7 @@ def _train_resume_and_use(objective: str, strategy: str, tmp_path: Path, data_ro
     else:  # a world model's final evaluation: open-loop prediction error on held-out episodes
         assert list(run.glob("predict/*/predict.json")), first.stdout[-2000:]
     one_epoch = _steps(run)
+    assert list(run.glob("plots/epoch000/*.png")), "rank 0 draws the figures of the first validation"
 
     resumed = jepa_two_processes(_train_args(objective, strategy, "trainer.max_epochs=2", "ckpt_path=last"), env)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
@@ -131,6 +138,7 @@ PREEMPTIBLE = (
     "data.num_workers=1",  # workers get the scheduler's signal too: they must leave it to the main process
     "callbacks.model_checkpoint.every_n_train_steps=2",
     "callbacks.model_checkpoint.every_n_epochs=0",
+    *ALL_CALLBACKS,
 )
 
 
@@ -211,32 +219,25 @@ def test_callback_contract_passes_a_good_callback_and_catches_a_broken_one(tmp_p
         check_callback_under_two_processes("jepa_platform.testing.two_processes.ListStateCallback", workdir=tmp_path / "bad", data_dir=data_root)
 
 
-def test_slurm_time_limit_warning_requeues_and_the_requeued_job_resumes_by_itself(tmp_path: Path, data_root: Path, migrated_store):
-    """SIGUSR1 in a SLURM job (one process here; ``scontrol`` is a stand-in that records its arguments): checkpoint,
-    ``scontrol requeue <job id>``, exit 128 + SIGUSR1; the requeued job (``SLURM_RESTART_COUNT=1``, same command)
-    resumes from that checkpoint without being told."""
+def test_slurm_time_limit_warning_requeues_and_the_requeued_job_resumes_by_itself(tmp_path: Path, data_root: Path):
+    """SIGUSR1 in a SLURM job (one process, in this one; ``scontrol`` is a stand-in that records its arguments):
+    checkpoint, ``scontrol requeue <job id>``, exit 128 + SIGUSR1; the requeued job (``SLURM_RESTART_COUNT=1``, the same
+    command) resumes from that checkpoint without being told."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
     (bin_dir / "scontrol").chmod(0o755)
     env = {**_env(tmp_path, data_root, "slurm"), "SLURM_JOB_ID": "4242", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    migrated_store(tmp_path / "runs")
-    args = ["train", "debug=fast", "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "callbacks.model_checkpoint.every_n_train_steps=2"]
-    args.append("callbacks.model_checkpoint.every_n_epochs=0")
-    cmd = [sys.executable, "-m", "jepa_platform.cli", *args]
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline and not list((tmp_path / "runs").glob("*/checkpoints/epoch000-step0000002.ckpt")):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGUSR1)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGUSR1, err[-3000:]
-    assert "the job was requeued" in err.strip().splitlines()[-1]
+    args = ["train", "debug=fast", "trainer.max_epochs=2", "trainer.limit_train_batches=4", "trainer.enable_progress_bar=false"]
+    signal_at = ["+callbacks.signal_at._target_=jepa_platform.testing.two_processes.SendSignalAt", "+callbacks.signal_at.step=2"]
+    stopped = run_jepa([*args, *signal_at, "+callbacks.signal_at.signum=SIGUSR1"], env)
+    assert stopped.returncode == 128 + signal.SIGUSR1, stopped.stderr[-3000:]
+    assert stopped.stderr.strip().splitlines()[-1].endswith("the job was requeued and will resume from it")
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
     run = tmp_path / "runs" / "slurm_vicreg"
-    stopped_at = _steps(run)
+    assert _steps(run) == 3  # the signal came after step 2; the record is read at the end of step 3
 
-    again = run_jepa(args, {**env, "SLURM_RESTART_COUNT": "1"})  # the same command, as SLURM reruns it (one process: here)
+    again = run_jepa(args, {**env, "SLURM_RESTART_COUNT": "1"})  # the same command, as SLURM reruns it
     assert again.returncode == 0, again.stderr[-3000:]
     _, _, tags = metric_history(tmp_path / "runs")
-    assert tags["resume.1.from_step"] == str(stopped_at) and _steps(run) > stopped_at
+    assert tags["resume.1.from_step"] == "3" and _steps(run) == 8
