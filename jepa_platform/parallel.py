@@ -85,6 +85,19 @@ class FSDP2Strategy(ModelParallelStrategy):
     def shard_mesh(self) -> Any:
         return self.device_mesh["data_parallel"]
 
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        """DDP's rule for buffers before each training step: every rank takes rank 0's (BatchNorm running statistics).
+        ``fully_shard`` shards parameters only, so each rank would otherwise keep statistics of its own batches, and a
+        checkpoint (rank 0's buffers) would resume the other ranks with statistics they never had."""
+        broadcast_buffers(self.lightning_module)
+        return super().training_step(*args, **kwargs)
+
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        """The state a checkpoint saves, with rank 0's buffers on every rank first: the checkpoint keeps one copy of a
+        replicated tensor, from whichever rank it picks, and the resumed run must start from rank 0's."""
+        broadcast_buffers(self.lightning_module)
+        return super().lightning_module_state_dict()
+
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
         """Write a sharded checkpoint atomically: into a hidden directory beside it, then a manifest of its files
         (:mod:`jepa_platform.untrusted`), then a rename over the old one. A kill at any moment leaves either the
@@ -143,6 +156,15 @@ def _block_modules(model: nn.Module) -> list[nn.Module]:
 
 def _has_params(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
+
+
+def broadcast_buffers(module: nn.Module) -> None:
+    """Every rank takes rank 0's buffers that are not sharded, in one coalesced broadcast (as DDP does)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    buffers = [b.data for b in module.buffers() if not isinstance(b, DTensor)]
+    if buffers:
+        dist._broadcast_coalesced(dist.group.WORLD, buffers, 256 * 2**20, 0)
 
 
 def broadcast_from_rank0(module: nn.Module) -> None:

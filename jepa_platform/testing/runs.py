@@ -7,10 +7,16 @@ from pathlib import Path
 from typing import Any
 
 
-def _final_checkpoint(run_dir: Path) -> dict[str, Any]:
-    import torch
+#: metrics that are not the training's history: the machine (``system/*``, ``perf/*``) and evaluations after it
+NOT_TRAINING = ("system/", "perf/", "eval/", "predict/", "plan/", "surprise/")
 
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+def _final_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """``last.ckpt`` (a file, or a sharded directory read into full tensors) as ``{"state_dict", "global_step"}``."""
+    from jepa_platform.checkpoints import read_checkpoint
+
+    state, meta = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    return {"state_dict": state, "global_step": meta["global_step"]}
 
 
 def metric_history(store: Path, experiment: str = "jepa") -> tuple[str, dict[str, list[tuple[int, float]]], dict[str, str]]:
@@ -27,8 +33,8 @@ def metric_history(store: Path, experiment: str = "jepa") -> tuple[str, dict[str
 def same_training(run_dir: Path, reference_dir: Path) -> str:
     """``""`` when ``run_dir`` (resumed) ended exactly as ``reference_dir`` (never interrupted): the same final step
     and weights, tensor for tensor, and in MLflow (each run's store beside its directory) one value per step for every
-    metric, equal to the reference's, and status ``FINISHED``; else what differs. ``system/*`` and ``perf/*`` measure
-    the machine, not the training, and are left out; learning rates are compared by value only where logged."""
+    metric, equal to the reference's, and status ``FINISHED``; else what differs. :data:`NOT_TRAINING` is left out;
+    learning rates are compared by value only where logged."""
     import torch
 
     a, b = _final_checkpoint(run_dir), _final_checkpoint(reference_dir)
@@ -40,10 +46,10 @@ def same_training(run_dir: Path, reference_dir: Path) -> str:
     duplicated = {k: len(v) - len({s for s, _ in v}) for k, v in hist.items() if len(v) != len({s for s, _ in v})}
     if duplicated:
         return f"steps logged twice: {duplicated}"
-    compared = [k for k in ref_hist if k in hist and not k.startswith(("system/", "perf/"))]
+    compared = [k for k in ref_hist if k in hist and not k.startswith(NOT_TRAINING)]
     unequal = [k for k in compared if not k.startswith("lr-") and [s for s, _ in hist[k]] != [s for s, _ in ref_hist[k]]]
     values = [k for k in compared if hist[k] != ref_hist[k] and not k.startswith("lr-")]
-    missing = [k for k in ref_hist if k not in hist and not k.startswith(("system/", "perf/"))]
+    missing = [k for k in ref_hist if k not in hist and not k.startswith(NOT_TRAINING)]
     if status != "FINISHED":
         return f"run status {status}"
     if unequal or values or missing:

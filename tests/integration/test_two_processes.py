@@ -81,7 +81,7 @@ def _check_export_and_eval(run: Path, objective: str, tmp_path: Path, env: dict[
     assert features.shape[0] == 2 and torch.isfinite(features).all()
 
 
-def _train_resume_and_use(objective: str, strategy: str, tmp_path: Path, data_root: Path, store, compare: bool) -> dict[str, object]:
+def _train_resume_and_use(objective: str, strategy: str, tmp_path: Path, data_root: Path, store) -> dict[str, object]:
     env = _env(tmp_path, data_root, f"{objective}-{strategy}")
     store(tmp_path / "runs")
     first = jepa_two_processes(_train_args(objective, strategy, "trainer.max_epochs=1", "final_eval=true"), env)
@@ -105,12 +105,6 @@ def _train_resume_and_use(objective: str, strategy: str, tmp_path: Path, data_ro
     _check_export_and_eval(run, objective, tmp_path, env, evaluate=strategy == "fsdp")  # jepa eval reads the shards
     found = {"exit": first.returncode, "resume": resumed.returncode, "steps": _steps(run)}
     found.update({k: v[-1][1] for k, v in history.items() if k in ("val/probe_acc", "train/energy", "val/rollout_energy/h1")})
-    if compare:  # the same two epochs in one go
-        reference_env = _env(tmp_path / "reference", data_root, f"{objective}-{strategy}")
-        store(tmp_path / "reference" / "runs")
-        reference = jepa_two_processes(_train_args(objective, strategy, "trainer.max_epochs=2"), reference_env)
-        assert reference.returncode == 0, reference.stderr[-4000:]
-        found["resume_exact"] = same_training(run, tmp_path / "reference" / "runs" / run.name) or "exact"
     return found
 
 
@@ -118,13 +112,37 @@ def _train_resume_and_use(objective: str, strategy: str, tmp_path: Path, data_ro
 def test_two_process_run_validates_evaluates_checkpoints_resumes_and_exports(
     objective: str, strategy: str, tmp_path: Path, data_root: Path, migrated_store
 ):
-    _train_resume_and_use(objective, strategy, tmp_path, data_root, migrated_store, compare=False)
+    _train_resume_and_use(objective, strategy, tmp_path, data_root, migrated_store)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("objective", "strategy"), ALL_CASES, ids=[f"{o}-{s}" for o, s in ALL_CASES])
 def test_every_objective_under_two_processes_resumes_exactly(objective: str, strategy: str, tmp_path: Path, data_root: Path, migrated_store):
-    found = _train_resume_and_use(objective, strategy, tmp_path, data_root, migrated_store, compare=True)
+    """Two epochs uninterrupted (with the final evaluation) against the same command stopped by SIGTERM after step 2
+    (the record is read at the end of step 3, mid-epoch) and resumed with ckpt_path=last: the same weights, tensor for
+    tensor, and the same MLflow histories; then jepa eval and jepa export of the resumed run."""
+    reference_env, env = _env(tmp_path / "reference", data_root, "x"), _env(tmp_path, data_root, "x")
+    for runs in (tmp_path / "runs", tmp_path / "reference" / "runs"):
+        migrated_store(runs)
+    reference = jepa_two_processes(_train_args(objective, strategy, "trainer.max_epochs=2", "final_eval=true"), reference_env)
+    assert reference.returncode == 0, reference.stderr[-4000:]
+    signal_at = ("+callbacks.signal_at._target_=jepa_platform.testing.two_processes.SendSignalAt", "+callbacks.signal_at.step=2")
+    stopped = jepa_two_processes(_train_args(objective, strategy, "trainer.max_epochs=2", *signal_at), env)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-4000:]
+    run = tmp_path / "runs" / f"x_{objective}"
+    stopped_at = _steps(run)
+    resumed = jepa_two_processes(_train_args(objective, strategy, "trainer.max_epochs=2", "ckpt_path=last"), env)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    _check_export_and_eval(run, objective, tmp_path, env)
+    _, history, _ = metric_history(tmp_path / "reference" / "runs")
+    found = {"exit": reference.returncode, "stopped": stopped.returncode, "stopped_at": stopped_at, "resume": resumed.returncode}
+    found.update({k: round(v[-1][1], 4) for k, v in history.items() if k in ("val/probe_acc", "train/energy", "val/rollout_energy/h1")})
+    found["eval"] = (
+        json.loads((tmp_path / "reference" / "runs" / run.name / "eval.json").read_text())
+        if (tmp_path / "reference" / "runs" / run.name / "eval.json").is_file()
+        else None
+    )
+    found["resume_exact"] = same_training(run, tmp_path / "reference" / "runs" / run.name) or "exact"
     print(json.dumps({"objective": objective, "strategy": strategy, **found}))
     assert found["resume_exact"] == "exact", found["resume_exact"]
 
