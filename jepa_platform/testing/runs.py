@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
 #: metrics that are not the training's history: the machine (``system/*``, ``perf/*``) and evaluations after it
 NOT_TRAINING = ("system/", "perf/", "eval/", "predict/", "plan/", "surprise/")
 
