@@ -31,7 +31,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from jepa_platform import signals
@@ -59,8 +59,11 @@ def slurm_job_id() -> str | None:
     return job if job and re.fullmatch(r"[0-9_]+", job) else None
 
 
-class Preemption(Callback):
+class Preemption(Checkpoint):
     """Checkpoint and stop on SIGTERM, SIGUSR1, SIGINT or SIGHUP at a step boundary (module docstring).
+
+    A ``Checkpoint`` callback, so that Lightning runs it after every other callback of the step (as it does
+    ``ModelCheckpoint``): the EMA target's update of the step, for one, must be in the checkpoint.
 
     Args:
         check_every_n_steps: optimiser steps between two reads of the signal record (one tiny CPU collective each).

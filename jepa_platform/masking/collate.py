@@ -7,6 +7,7 @@ then arrives with ``batch["masks"][name] = {"context": (B, Nc), "targets": (B, M
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,5 +90,16 @@ class MaskCollate:
         if "raw" in batch:  # views are made later on the device (data.augment_on=device): masks are drawn there too
             return batch
         x = model_input(batch)
-        batch["masks"] = sample_masks(self.plans, token_grid(x, self.patch_size), x.shape[0])
+        batch["masks"] = sample_masks(self.plans, token_grid(x, self.patch_size), x.shape[0], batch_generator(batch))
         return batch
+
+
+def batch_generator(batch: Mapping[str, Any]) -> torch.Generator | None:
+    """A generator seeded by the batch's sample keys, so that a batch gets the same masks whenever it is collated: in
+    a resumed run too, whose global RNG state was saved after the loader had already prefetched (and drawn masks for)
+    the next batch. ``None`` (the global RNG) for batches without keys."""
+    keys = batch.get("__key__")
+    if not isinstance(keys, list | tuple) or not keys:
+        return None
+    digest = hashlib.blake2b("\n".join(map(str, keys)).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)

@@ -118,8 +118,8 @@ def test_two_process_run_validates_evaluates_checkpoints_resumes_and_exports(
 @pytest.mark.slow
 @pytest.mark.parametrize(("objective", "strategy"), ALL_CASES, ids=[f"{o}-{s}" for o, s in ALL_CASES])
 def test_every_objective_under_two_processes_resumes_exactly(objective: str, strategy: str, tmp_path: Path, data_root: Path, migrated_store):
-    """Two epochs uninterrupted (with the final evaluation) against the same command stopped by SIGTERM after step 2
-    (the record is read at the end of step 3, mid-epoch) and resumed with ckpt_path=last: the same weights, tensor for
+    """Two epochs uninterrupted (with the final evaluation) against the same command stopped by SIGTERM at step 2
+    (mid-epoch) and resumed with ckpt_path=last: the same weights, tensor for
     tensor, and the same MLflow histories; then jepa eval and jepa export of the resumed run."""
     reference_env, env = _env(tmp_path / "reference", data_root, "x"), _env(tmp_path, data_root, "x")
     for runs in (tmp_path / "runs", tmp_path / "reference" / "runs"):
@@ -253,9 +253,9 @@ def test_slurm_time_limit_warning_requeues_and_the_requeued_job_resumes_by_itsel
     assert stopped.stderr.strip().splitlines()[-1].endswith("the job was requeued and will resume from it")
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
     run = tmp_path / "runs" / "slurm_vicreg"
-    assert _steps(run) == 3  # the signal came after step 2; the record is read at the end of step 3
+    assert _steps(run) == 2  # the record is read after every other callback of the step, the sender's included
 
     again = run_jepa(args, {**env, "SLURM_RESTART_COUNT": "1"})  # the same command, as SLURM reruns it
     assert again.returncode == 0, again.stderr[-3000:]
     _, _, tags = metric_history(tmp_path / "runs")
-    assert tags["resume.1.from_step"] == "3" and _steps(run) == 8
+    assert tags["resume.1.from_step"] == "2" and _steps(run) == 8
