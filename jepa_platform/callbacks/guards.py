@@ -24,7 +24,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger
 
 from jepa_platform.callbacks.evaluation import EmbeddingMonitor
+from jepa_platform.distributed import world_size
 from jepa_platform.errors import JepaError
+from jepa_platform.parallel import local_tensor
 
 log = logging.getLogger(__name__)
 POLICIES = ("stop", "skip")
@@ -34,14 +36,8 @@ class TrainingDiverged(JepaError):
     """The loss or the gradients became NaN or infinite."""
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of a sharded (FSDP2 ``DTensor``) tensor, the tensor itself otherwise: checks on local
-    shards need no communication, and one reduction over ranks then covers every shard."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
 def _grads_finite(module: torch.nn.Module) -> torch.Tensor:
-    grads = [_local(p.grad) for p in module.parameters() if p.grad is not None]
+    grads = [local_tensor(p.grad) for p in module.parameters() if p.grad is not None]
     if not grads:
         return torch.tensor(True)
     norms = torch._foreach_norm(grads)
@@ -51,7 +47,7 @@ def _grads_finite(module: torch.nn.Module) -> torch.Tensor:
 def _any_rank(flags: torch.Tensor) -> torch.Tensor:
     """Element-wise OR of a bool tensor over ranks (every rank must call it): ranks must take the same decision,
     or the ones that stop leave the others waiting in their next collective."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if world_size() == 1:
         return flags
     out = flags.to(torch.int32)
     dist.all_reduce(out, op=dist.ReduceOp.MAX)
@@ -60,7 +56,7 @@ def _any_rank(flags: torch.Tensor) -> torch.Tensor:
 
 def _first_over_ranks(step: torch.Tensor) -> torch.Tensor:
     """The smallest non-negative ``step`` over ranks, -1 when every rank holds -1 (every rank must call it)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if world_size() == 1:
         return step
     never = torch.iinfo(torch.long).max
     out = torch.where(step >= 0, step, torch.full_like(step, never))
@@ -164,7 +160,7 @@ class NonFiniteGuard(Callback):
         # runs while the checkpoint is assembled, before anything is written: a non-finite model is never saved
         self.check(trainer)
         names = [name for name, _ in pl_module.named_parameters()]
-        finite = [torch.isfinite(_local(p.detach())).all() for p in pl_module.parameters()]
+        finite = [torch.isfinite(local_tensor(p.detach())).all() for p in pl_module.parameters()]
         flags = _any_rank(~torch.stack(finite)) if finite else torch.zeros(0, dtype=torch.bool)
         bad = [name for name, flag in zip(names, flags.tolist(), strict=True) if flag]  # one transfer for all parameters
         if bad:

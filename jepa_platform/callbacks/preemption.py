@@ -37,6 +37,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from jepa_platform import signals
 from jepa_platform.callbacks.checkpoint import ModelCheckpoint, validation_follows
 from jepa_platform.callbacks.guards import tag_run
+from jepa_platform.distributed import world_size
 from jepa_platform.errors import JepaError
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class Preemption(Checkpoint):
 
     # -- signal handling during fit ---------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if world_size() > 1:
             # the record is a CPU tensor: on NCCL a gloo group reduces it without touching the GPU stream
             self._group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
 
