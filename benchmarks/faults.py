@@ -122,7 +122,7 @@ def trial(workdir: Path, data_dir: Path, reference: Path, seed: int, kills: int,
 
 
 def compare(runs: Path, reference: Path, kills: int) -> Outcome:
-    from jepa_platform.testing.runs import metric_history, same_training
+    from tests.support.runs import metric_history, same_training
 
     problem = same_training(_run_dir(runs), _run_dir(reference))
     if problem:

@@ -26,7 +26,7 @@ import torch.multiprocessing as mp
 from torch.utils.data import DataLoader
 
 from jepa_platform.parallel import local_tensor, paired_local_tensors
-from jepa_platform.testing import _free_port, _slice_batch, build_objective, objective_batch
+from jepa_platform.testing import _slice_batch, build_objective, free_port, objective_batch
 
 STRATEGIES = ("single", "ddp", "fsdp")
 
@@ -217,6 +217,6 @@ def strategy_losses(
             "dtype": dtype,
             "validate_after": validate_after,
         }
-        args = (procs, _free_port(), cases, run, out)
+        args = (procs, free_port(), cases, run, out)
         mp.start_processes(_worker, args=args, nprocs=procs, start_method="spawn")
         return json.loads(Path(out, "rank0.json").read_text())

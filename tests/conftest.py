@@ -16,11 +16,15 @@ from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
+from support.data import moving_square_episode
 
 from data_modules.builtin import ensure_shapes_dataset
 from data_modules.sequences import write_episodes
 from jepa_platform.config import compose_config
-from jepa_platform.testing import moving_square_episode
+
+# the jepa processes that tests start import test classes (negative controls, outages) named in their configs
+_TESTS_DIR = str(Path(__file__).resolve().parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_TESTS_DIR, os.environ.get("PYTHONPATH")) if p)
 
 TINY = {"num_train": 512, "num_val": 256, "samples_per_shard": 128}
 EXAMPLE_PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "jepa-plugin-example"

@@ -31,9 +31,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from lightning.pytorch.callbacks import Callback
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 #: what makes ``jepa train`` a two-process CPU run (Lightning's launcher starts rank 1; gloo on loopback)
 TWO_CPU_PROCESSES = ("trainer.accelerator=cpu", "trainer.devices=2", "trainer.enable_progress_bar=false")
@@ -122,7 +119,7 @@ def _metric_worker(rank: int, world_size: int, port: int, cases: dict[str, tuple
 def metrics_under_two_processes(cases: dict[str, tuple[Callable, list[tuple]]], rtol: float = 1e-5, atol: float = 1e-6) -> dict[str, str]:
     """Several metrics checked in one pair of processes: ``{name: (factory, batches)}`` -> ``{name: problem}``, an
     empty string for a metric that passes (see :func:`check_metric_under_two_processes`)."""
-    from jepa_platform.testing import _free_port
+    from jepa_platform.testing import free_port
 
     expected = {}
     for name, (factory, batches) in cases.items():
@@ -131,7 +128,7 @@ def metrics_under_two_processes(cases: dict[str, tuple[Callable, list[tuple]]], 
             reference.update(*args)
         expected[name] = _values(reference.compute())
     with tempfile.TemporaryDirectory() as out:
-        mp.start_processes(_metric_worker, args=(2, _free_port(), cases, out), nprocs=2, start_method="spawn")
+        mp.start_processes(_metric_worker, args=(2, free_port(), cases, out), nprocs=2, start_method="spawn")
         ranks = [torch.load(Path(out, f"rank{r}.pt"), weights_only=True) for r in range(2)]
     problems = dict.fromkeys(cases, "")
     for name in cases:
@@ -161,53 +158,3 @@ def check_metric_under_two_processes(factory: Callable, batches: list[tuple], rt
     problem = metrics_under_two_processes({"metric": (factory, batches)}, rtol, atol)["metric"]
     if problem:
         raise AssertionError(problem)
-
-
-# -- negative controls: the bugs these contracts catch ---------------------------------------------------------------
-class ListStateTruthiness(Metric):
-    """Mean of everything seen, written with ``if self.samples``: fine in one process, an error after a sync, where
-    the list state has become one tensor. The negative control of the metric contract; never use it."""
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("samples", [], dist_reduce_fx="cat")
-
-    def update(self, z: torch.Tensor) -> None:
-        self.samples.append(z.detach().float())
-
-    def compute(self) -> torch.Tensor:
-        if self.samples:  # the bug
-            return dim_zero_cat(self.samples).mean()
-        return torch.tensor(float("nan"))
-
-
-class ListStateCallback(Callback):
-    """Logs :class:`ListStateTruthiness` of the validation features: the crash the platform shipped once (every
-    two-process run died at its first logging step). The negative control of the callback contract."""
-
-    def __init__(self) -> None:
-        self.metric = ListStateTruthiness()
-
-    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        features = getattr(pl_module, "exposed", {}).get("features", {}).get("features")
-        if features is not None:
-            self.metric.update(features.cpu())
-
-    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.metric.update_called:
-            pl_module.log("val/list_state_mean", self.metric.compute())
-        self.metric.reset()
-
-
-class SendSignalAt(Callback):
-    """Sends ``signum`` (a name: ``SIGTERM``, ``SIGUSR1``...) to this process after optimiser step ``step``, as a
-    scheduler would at that moment: pre-emption tests of one in-process run."""
-
-    def __init__(self, step: int, signum: str = "SIGTERM") -> None:
-        self.step, self.signum = step, signal.Signals[signum]
-
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), self.signum)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.cli import run_jepa
 
 from jepa_platform.errors import JepaError
 from jepa_platform.export import load_exported
-from jepa_platform.testing import run_jepa
 from jepa_platform.untrusted import MANIFEST
 
 PWNED = "jepa-pwned-marker"
@@ -36,7 +36,7 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -169,7 +169,7 @@ def test_bad_input_is_one_line_and_changes_nothing(env, name: str, args: list[st
     root, variables, run_dir = env
     case_dir = root / re.sub(r"[^a-z0-9]+", "-", name)
     crafted = _crafted(case_dir, run_dir)
-    values = {**{k: str(v) for k, v in crafted.items()}, "root": str(case_dir), "run_dir": str(run_dir), "port": _free_port()}
+    values = {**{k: str(v) for k, v in crafted.items()}, "root": str(case_dir), "run_dir": str(run_dir), "port": free_port()}
     values["sharded_run"] = str(crafted["sharded"].parent.parent)
     before = _snapshot(run_dir)
     result = run_jepa(_fill(args, values), variables)

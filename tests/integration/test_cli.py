@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.cli import run_jepa
 
 from jepa_platform import cli
-from jepa_platform.testing import run_jepa
 
 
 def _jepa(*args: str, cwd: Path, env_data: Path) -> subprocess.CompletedProcess:

@@ -11,8 +11,8 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-
-from jepa_platform.testing import execute_notebook, run_jepa
+from support.cli import run_jepa
+from support.notebooks import execute_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support.cli import run_jepa
 
 from data_modules.convert import convert, parse_shard_size, read_idx
 from data_modules.shapes import render
 from data_modules.urls import expand_urls, iter_tar, open_url
 from jepa_platform import cli
 from jepa_platform.errors import DataError
-from jepa_platform.testing import run_jepa
 
 
 def _labels_in(out: Path, split: str) -> list[int]:

@@ -7,12 +7,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from support.data import epoch_keys_by_rank, write_tar
 from torchvision.transforms import v2
 
 from data_modules import ImageDataModule
 from data_modules.shapes import encode_png, render
 from data_modules.stream import exact_batches_per_rank
-from jepa_platform.testing import epoch_keys_by_rank, write_tar
 
 SHARD_SIZES = [37, 50, 64, 23, 80, 41, 55]  # unequal, as real shards are; 350 samples, no manifest (sizes by tar scan)
 

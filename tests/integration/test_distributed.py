@@ -19,7 +19,7 @@ ATOL = 1e-5
 @pytest.fixture(scope="module")
 def ddp_results() -> dict[str, dict]:
     cases = {name: [f"objective={name}"] for name in OBJECTIVES.names()}
-    cases["negative_control"] = ["objective=barlow", "objective._target_=jepa_platform.testing.UngatheredBarlowTwins"]
+    cases["negative_control"] = ["objective=barlow", "objective._target_=support.controls.UngatheredBarlowTwins"]
     return ddp_gradient_check(cases, world_size=2, per_rank=8)
 
 

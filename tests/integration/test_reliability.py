@@ -16,10 +16,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 from PIL import Image
+from support.cli import run_jepa
+from support.data import write_tar
 
 from data_modules.urls import tar_has_end
 from jepa_platform.callbacks import NonFiniteGuard, TrainingDiverged
-from jepa_platform.testing import run_jepa, write_tar
 
 COLLAPSE = ["debug=fast", "optimizer=adamw", "optimizer.lr=5e-3", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false"]
 

@@ -18,17 +18,18 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from support.cli import run_jepa
 
 from jepa_platform.checkpoints import read_checkpoint
 from jepa_platform.errors import CheckpointError
 from jepa_platform.export import FORMAT, load_exported
 from jepa_platform.parity import strategy_losses
 from jepa_platform.registry import OBJECTIVES
-from jepa_platform.testing import _free_port, run_jepa
+from jepa_platform.testing import free_port
 from jepa_platform.train import RUN_INFO, run_train
 
 REL = 1e-9
-NEGATIVE_CONTROL = ["objective=barlow", "objective._target_=jepa_platform.testing.UngatheredBarlowTwins"]
+NEGATIVE_CONTROL = ["objective=barlow", "objective._target_=support.controls.UngatheredBarlowTwins"]
 # every registered objective (plugins included), and the negative control
 CASES = {**{name: [f"objective={name}"] for name in OBJECTIVES.names()}, "negative_control": NEGATIVE_CONTROL}
 STEPS = {"steps": 3, "epoch_steps": 1}  # 3 optimiser steps; a resumed run stops after the first
@@ -177,7 +178,7 @@ def test_torchrun_two_nodes_on_loopback(tmp_path: Path, data_root: Path):
     """Two torchrun launchers, one process each, rendezvous over c10d on 127.0.0.1 as two nodes (the command of the
     README), train with trainer=multinode (FSDP2) and write one run: one sharded checkpoint with a shard per rank."""
     env = _env(tmp_path, data_root)
-    port = _free_port()
+    port = free_port()
     command = [
         *(sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"),
         *("--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"),

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from support.cli import run_jepa
 
 from data_modules import intuitive_physics as ip
 from data_modules.sequences import write_episodes
-from jepa_platform.testing import run_jepa
 
 TINY = ["debug=fast_physics", "trainer.enable_progress_bar=false"]
 TINY_CONV = ["encoder.channels=[8,16,32]", "encoder.embed_dim=16", "objective.predictor_hidden=32"]
@@ -117,7 +117,7 @@ def test_windows_that_do_not_fit_are_refused(runs):
 
 @pytest.mark.slow  # the notebook re-runs commands the tests above cover; make test-all runs it
 def test_notebook_runs_at_tiny_size(tmp_path: Path):
-    from jepa_platform.testing import execute_notebook
+    from support.notebooks import execute_notebook
 
     notebook = Path(__file__).resolve().parents[2] / "notebooks" / "surprise.py"
     outputs = execute_notebook(notebook, tmp_path, {"NOTEBOOK_SIZE": "tiny", "NOTEBOOK_WORKDIR": str(tmp_path)})

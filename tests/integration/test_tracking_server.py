@@ -8,8 +8,8 @@ from pathlib import Path
 import mlflow
 import pytest
 from lightning.pytorch.loggers import MLFlowLogger
-
-from jepa_platform.testing import MlflowServer, kill_server_on, run_jepa
+from support.cli import run_jepa
+from support.mlflow_server import MlflowServer, kill_server_on
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def _train_through_outages(
         return original(self, metrics, step)
 
     monkeypatch.setattr(MLFlowLogger, "log_metrics", spy)
-    outage = ["+callbacks.outage._target_=jepa_platform.testing.ServerOutage", f"+callbacks.outage.root={server.root}"]
+    outage = ["+callbacks.outage._target_=support.mlflow_server.ServerOutage", f"+callbacks.outage.root={server.root}"]
     outage += [f"+callbacks.outage.port={server.port}", f"+callbacks.outage.kill_at={kill_at}", f"+callbacks.outage.restart_at={restart_at}"]
     outage += ["callbacks.embedding_plots={_target_:jepa_platform.callbacks.EmbeddingPlots}"]  # artifacts through the outage too
     train = ["train", "debug=fast", f"paths.runs_dir={runs}", f"paths.data_dir={data_root}", "++trainer.limit_train_batches=12"]

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.cli import run_jepa
+from support.controls import ListStateTruthiness
+from support.runs import metric_history, same_training
 from torchmetrics.classification import MulticlassAccuracy
 
 from jepa_platform.export import FORMAT, load_exported
@@ -27,11 +30,9 @@ from jepa_platform.metrics.alignment import AlignmentUniformity
 from jepa_platform.metrics.embedding import EmbeddingStats
 from jepa_platform.metrics.knn import KNNAccuracy
 from jepa_platform.registry import OBJECTIVES
-from jepa_platform.testing import encoder_overrides, objective_class, run_jepa
-from jepa_platform.testing.runs import metric_history, same_training
+from jepa_platform.testing import encoder_overrides, objective_class
 from jepa_platform.testing.two_processes import (
     TWO_CPU_PROCESSES,
-    ListStateTruthiness,
     check_callback_under_two_processes,
     jepa_two_processes,
     metrics_under_two_processes,
@@ -126,7 +127,7 @@ def test_every_objective_under_two_processes_resumes_exactly(objective: str, str
         migrated_store(runs)
     reference = jepa_two_processes(_train_args(objective, strategy, "trainer.max_epochs=2", "final_eval=true"), reference_env)
     assert reference.returncode == 0, reference.stderr[-4000:]
-    signal_at = ("+callbacks.signal_at._target_=jepa_platform.testing.two_processes.SendSignalAt", "+callbacks.signal_at.step=2")
+    signal_at = ("+callbacks.signal_at._target_=support.controls.SendSignalAt", "+callbacks.signal_at.step=2")
     stopped = jepa_two_processes(_train_args(objective, strategy, "trainer.max_epochs=2", *signal_at), env)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-4000:]
     run = tmp_path / "runs" / f"x_{objective}"
@@ -234,7 +235,7 @@ def test_every_platform_metric_syncs_over_two_processes_as_one_process_computes_
 def test_callback_contract_passes_a_good_callback_and_catches_a_broken_one(tmp_path: Path, data_root: Path):
     check_callback_under_two_processes("jepa_platform.callbacks.EpochSummary", workdir=tmp_path / "good", data_dir=data_root)
     with pytest.raises(AssertionError, match="exited"):
-        check_callback_under_two_processes("jepa_platform.testing.two_processes.ListStateCallback", workdir=tmp_path / "bad", data_dir=data_root)
+        check_callback_under_two_processes("support.controls.ListStateCallback", workdir=tmp_path / "bad", data_dir=data_root)
 
 
 def test_slurm_time_limit_warning_requeues_and_the_requeued_job_resumes_by_itself(tmp_path: Path, data_root: Path):
@@ -247,7 +248,7 @@ def test_slurm_time_limit_warning_requeues_and_the_requeued_job_resumes_by_itsel
     (bin_dir / "scontrol").chmod(0o755)
     env = {**_env(tmp_path, data_root, "slurm"), "SLURM_JOB_ID": "4242", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     args = ["train", "debug=fast", "trainer.max_epochs=2", "trainer.limit_train_batches=4", "trainer.enable_progress_bar=false"]
-    signal_at = ["+callbacks.signal_at._target_=jepa_platform.testing.two_processes.SendSignalAt", "+callbacks.signal_at.step=2"]
+    signal_at = ["+callbacks.signal_at._target_=support.controls.SendSignalAt", "+callbacks.signal_at.step=2"]
     stopped = run_jepa([*args, *signal_at, "+callbacks.signal_at.signum=SIGUSR1"], env)
     assert stopped.returncode == 128 + signal.SIGUSR1, stopped.stderr[-3000:]
     assert stopped.stderr.strip().splitlines()[-1].endswith("the job was requeued and will resume from it")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 SCRIPT = """
 import json, sys
-from jepa_platform.testing import run_jepa
+from support.cli import run_jepa
 env = {"JEPA_RUNS_DIR": sys.argv[1] + "/runs", "JEPA_DATA_DIR": sys.argv[2]}
 codes = {}
 def run(name, *args, run_id=None):

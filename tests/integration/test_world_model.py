@@ -8,8 +8,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-
-from jepa_platform.testing import run_jepa
+from support.cli import run_jepa
 
 TINY_TRAIN = ["train", "experiment=two_rooms", "debug=fast_wm", "trainer.enable_progress_bar=false"]
 TINY_PLAN = [
@@ -175,7 +174,7 @@ def test_plan_refuses_a_run_that_is_not_a_world_model(tmp_path: Path, data_root:
 
 @pytest.mark.slow  # the notebook re-runs commands the tests above cover; make test-all runs it
 def test_notebook_runs_at_tiny_size(tmp_path: Path):
-    from jepa_platform.testing import execute_notebook
+    from support.notebooks import execute_notebook
 
     notebook = Path(__file__).resolve().parents[2] / "notebooks" / "world_model.py"
     outputs = execute_notebook(notebook, tmp_path, {"NOTEBOOK_SIZE": "tiny", "NOTEBOOK_WORKDIR": str(tmp_path)})

@@ -172,7 +172,7 @@ def test_images_of_several_sizes_need_raw_size():
 
 def test_masked_jepa_trains_on_device_views(tmp_path: Path, data_root: Path):
     """Masks follow the views to the device (their grid is the views' size, known there), seeded per batch."""
-    from jepa_platform.testing import run_jepa
+    from support.cli import run_jepa
 
     env = {"JEPA_DATA_DIR": str(data_root), "JEPA_RUNS_DIR": str(tmp_path / "runs")}
     run = run_jepa(["train", "objective=ema_jepa", "debug=fast_vit", "data.augment_on=device", "trainer.limit_train_batches=3", "logger=none"], env)

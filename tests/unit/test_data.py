@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.data import write_tar
 from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
@@ -19,7 +20,6 @@ from data_modules.shards import write_dataset_atomically
 from data_modules.stream import exact_batches_per_rank, worker_batches
 from data_modules.urls import MANIFEST, count_tar_samples, shard_sizes
 from jepa_platform.errors import ConfigError, DataError
-from jepa_platform.testing import write_tar
 
 TO_FLOAT = v2.ToDtype(torch.float32, scale=True)
 VIEW = v2.Compose([v2.RandomResizedCrop(32, scale=(0.5, 1.0), antialias=True), v2.ToDtype(torch.float32, scale=True)])

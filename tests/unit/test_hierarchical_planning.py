@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support.oracles import OracleHierarchicalWorldModel
 
 from jepa_platform.errors import ConfigError
-from jepa_platform.testing import OracleHierarchicalWorldModel, build_objective
+from jepa_platform.testing import build_objective
 from jepa_platform.world_model.costs import Guardrail, PlanningCost
 from jepa_platform.world_model.envs import MazeEnv, TwoRoomsEnv
 from jepa_platform.world_model.evaluate import BUCKETS, distance_bucket, farthest_rooms, pairs_by_distance
@@ -125,7 +126,7 @@ def test_the_high_level_runs_any_planner_of_the_interface():
 
 def test_level_two_needs_a_hierarchical_model():
     env = TwoRoomsEnv()
-    from jepa_platform.testing import OracleWorldModel
+    from support.oracles import OracleWorldModel
 
     flat = WorldModel(OracleWorldModel(env.speed), lambda f: f.float() / 255, env.action_space.low, env.action_space.high)
     with pytest.raises(ConfigError, match="no level 2"):

@@ -9,8 +9,8 @@ import mlflow
 import pytest
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException, RestException
+from support.cli import run_jepa
 
-from jepa_platform.testing import run_jepa
 from jepa_platform.tracking.outbox import OUTBOX_DIR, Outbox, OutboxClient, is_outage
 
 

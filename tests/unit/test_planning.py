@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support.oracles import OracleWorldModel
 
 from jepa_platform.registry import ENVIRONMENTS, PLANNERS
-from jepa_platform.testing import OracleWorldModel
 from jepa_platform.world_model.costs import Guardrail, PlanningCost
 from jepa_platform.world_model.envs import TwoRoomsEnv, make_env
 from jepa_platform.world_model.mpc import run_episode

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.data import moving_square_episode
 
 from data_modules import SequenceDataModule
 from data_modules.sequences import write_episodes
 from jepa_platform.errors import ConfigError
-from jepa_platform.testing import moving_square_episode
 
 
 def _dm(urls: Path, **kw) -> SequenceDataModule:
