@@ -32,7 +32,7 @@ def measure(device: str, steps: int) -> dict[str, dict[str, float]]:
     env = MazeEnv(**{k: v for k, v in cfg.data.env.items()})
     wm = WorldModel(model, lambda f: (f.float() / 255 - 0.5) / 0.25, env.action_space.low, env.action_space.high)
     start, goal = np.array([0.2, 0.2], np.float32), np.array([0.8, 0.2], np.float32)
-    stride = int(cfg.objective.level2_stride)
+    stride = model.levels[1].stride
     setups = {"flat cem": (CEM(), 16), "h-cem": (HierarchicalPlanner(CEM(), CEM(), high_horizon=4), stride)}
     out = {}
     for name, (planner, horizon) in setups.items():

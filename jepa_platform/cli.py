@@ -17,10 +17,10 @@ commands:
   train   train an objective: jepa train objective=vicreg encoder=resnet18 data=shapes trainer.max_epochs=2
           (jepa train --help lists config groups and options; --cfg job prints the composed config)
   eval    linear-probe and kNN accuracy of a run's encoder, and of the same encoder randomly initialised:
-          jepa eval runs/<run> [--random-init] (jepa eval --help for options)
+          jepa eval runs/<run> [--random-init compare|only|skip] (jepa eval --help for options)
   export  the trained encoder of a run (single-file or sharded checkpoint) as one file for downstream use:
           jepa export runs/<run> [--out encoder.pt] (loads with torch.load(..., weights_only=True))
-  list    registered objectives and encoders, plugins included, with one-line descriptions
+  list    registered objectives, encoders, planners and environments, plugins included, with one-line descriptions
   data    shards: jepa data convert SRC OUT_DIR (image folder, .npz, IDX) | jepa data inspect DIR_OR_URLS
           | jepa data collect ENV OUT_DIR (trajectories of two_rooms, maze or any gymnasium env)
   compare objectives side by side from MLflow (mean ± std over seeds, curves): jepa compare --sweep <parent run id>

@@ -190,7 +190,8 @@ def shard_objective(objective: nn.Module, mesh: Any, reshard_after_forward: bool
     def shard(module: nn.Module) -> None:
         if isinstance(module, FSDPModule) or not _has_params(module):
             return
-        if isinstance(module, nn.ModuleList | nn.ModuleDict):  # containers have no forward: shard their members
+        # containers have no forward, and a module that declares fsdp_shard_children calls its parts directly
+        if isinstance(module, nn.ModuleList | nn.ModuleDict) or getattr(module, "fsdp_shard_children", False):
             for child in module.children():
                 shard(child)
             return

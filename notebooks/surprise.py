@@ -56,7 +56,7 @@ def jepa(*args: str) -> str:
 # %%
 train_args = ["train", "experiment=surprise_ac_jepa", "logger=none", "hydra.run.dir=" + str(RUNS / "physics")]
 if TINY:
-    train_args += ["debug=fast_physics", "encoder.channels=[8,16,32]", "encoder.embed_dim=16", "objective.predictor_hidden=32"]
+    train_args += ["debug=fast_physics", "encoder.channels=[8,16,32]", "encoder.embed_dim=16", "objective.predictor.hidden=32"]
 print(jepa(*train_args)[-400:])
 run_dir = RUNS / "physics"
 

@@ -100,7 +100,7 @@ if TINY:
         "data.num_workers=0",
         "encoder.channels=[8,16,32]",
         "encoder.embed_dim=32",
-        "objective.predictor_hidden=64",
+        "objective.predictor.hidden=64",
         "trainer.max_epochs=1",
     ]
 print(jepa(*train_args)[-600:])

@@ -9,9 +9,9 @@ On a clip of frames ``x_0..x_H`` and actions ``a_0..a_{H-1}`` (a sequence DataMo
   one-step prediction error that a planner's cost is made of;
 - an **open-loop rollout** from ``z_0`` feeds each prediction back in for ``H`` steps (``rollout`` term), which is
   what planning does: a model good at one step but drifting over ``H`` plans badly;
-- **anti-collapse**: VICReg's variance and covariance terms (PLDM) or SIGReg (LeJEPA, LeWM) on the frame
-  embeddings, gathered over ranks; the targets get gradients too (no EMA, no stop-gradient, as in LeWM), unless
-  ``stop_grad_targets``;
+- **anti-collapse**: a :class:`~jepa_platform.losses.regularisers.Regulariser` passed in (VICReg's variance and
+  covariance terms, PLDM; or SIGReg, LeJEPA and LeWM) on the frame embeddings, gathered over ranks; the targets get
+  gradients too (no EMA, no stop-gradient, as in LeWM), unless ``stop_grad_targets``;
 - a small **state head** regresses the true state (``states`` of the collected data, e.g. the agent's position)
   from *detached* embeddings: it never shapes the representation, and it is what guardrails check predicted
   embeddings with (``world_model.costs.Guardrail``). ``val/state_error`` is its mean Euclidean error;
@@ -23,6 +23,10 @@ On a clip of frames ``x_0..x_H`` and actions ``a_0..a_{H-1}`` (a sequence DataMo
 unconditioned predictor; ``history`` > 1 lets each prediction see the embeddings of the frames before (velocity and
 acceleration are not in one frame). Such a model scores surprise (``jepa surprise``) by its prediction error.
 
+**Levels**: the model is an encoder and a list of :class:`~jepa_platform.world_model.level.Level` s (level 1 here;
+``levels_above`` adds :class:`~jepa_platform.world_model.level.UpperLevel` s that predict several steps at once from
+macro-actions: :class:`~jepa_platform.objectives.HierarchicalACJEPA`). Planners read ``encode`` and ``levels``.
+
 Validation logs ``val/rollout_energy/h<h>`` (open-loop error h steps ahead, h = 1..H) and ``val/state_error``; the
 frame embeddings are exposed to the evaluation callbacks (``repr/*``, ``emb/*``, ``val/repr/*``; a probe and kNN
 when the episodes carry labels).
@@ -30,43 +34,54 @@ when the episodes carry labels).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, Metric
+from torchmetrics import MeanMetric
 
 from jepa_platform.distributed import gather_with_grad
 from jepa_platform.encoders.action_predictor import ActionConditionedPredictor
 from jepa_platform.encoders.latent import LatentInference
 from jepa_platform.errors import ConfigError
-from jepa_platform.losses.functional import LossOutput, covariance, random_directions, sigreg, variance
-from jepa_platform.metrics.slowness import SlownessStats, slow_weights
+from jepa_platform.losses.functional import LossOutput, variance
+from jepa_platform.losses.regularisers import Regulariser
+from jepa_platform.metrics.slowness import SlownessStats
 from jepa_platform.objectives.base import Objective
 from jepa_platform.optim import OptimizerFactory
 from jepa_platform.registry import register_objective
+from jepa_platform.world_model.level import Level, UpperLevel, state_head
 
-REGULARISERS = ("vicreg", "sigreg", "none")
+#: builds a predictor from the widths the objective knows: ``(dim=, action_dim=, history=)``
+PredictorFactory = Callable[..., ActionConditionedPredictor]
+#: builds a level above from the level below's widths: ``(below_dim=, below_action_dim=, state_dim=, state_scale=)``
+LevelFactory = Callable[..., UpperLevel]
+
+
+def metric_prefix(index: int) -> str:
+    """Where a level's metrics go: level 1's at the top (``train/*``, ``val/*``), level ``k``'s under ``level<k>/``."""
+    return "" if index == 0 else f"level{index + 1}/"
 
 
 @register_objective("ac_jepa")
 class ACJEPA(Objective):
-    """Action-conditioned JEPA world model: encoder + AdaLN action-conditioned predictor, multi-step loss in embedding
-    space, VICReg or SIGReg anti-collapse, a detached state head for guardrails (see module docstring).
+    """Action-conditioned JEPA world model: an encoder, an AdaLN action-conditioned predictor and a regulariser passed
+    in, a multi-step loss in embedding space, a detached state head for guardrails (see module docstring).
 
     Args:
         encoder, optimizer: see :class:`~jepa_platform.objectives.base.Objective` (also takes its other arguments).
+        predictor: builds level 1's predictor given ``dim``, ``action_dim`` and ``history`` (a partial
+            :class:`ActionConditionedPredictor` with its width and depth); ``None``: its defaults.
+        regulariser: anti-collapse terms on the frame embeddings; ``None`` or one without weights: none (a control
+            that collapses).
         action_dim: width of one step's (flattened) action; 0: no actions (passive dynamics, e.g. intuitive physics).
-        state_dim: width of the states the state head regresses (0: no head).
-        predictor_hidden, predictor_depth: the predictor's hidden width and residual blocks.
+        state_dim: width of the states the state heads regress (0: no head).
         history: embeddings each prediction sees, the current one included (1: the current one only); clips need at
             least ``history + 1`` frames. Planners give a start without past, which counts as ``history`` still frames.
         rollout_steps: open-loop steps of the rollout term (``None``: the whole clip).
         prediction_weight, rollout_weight: weights of the teacher-forced and open-loop terms.
-        regulariser: ``vicreg`` (variance + covariance), ``sigreg`` or ``none`` (a control that collapses).
-        var_weight, cov_weight: VICReg weights; sigreg_weight, num_slices: SIGReg weight and random directions.
         smooth_weight: weight of the temporal smoothness term ``|z_{t+1} - z_t|^2`` (PLDM): with the variance and
             covariance terms it favours slowly varying features, so that embedding distance follows distance
             travelled (walls included) rather than saturating a few steps away, which long-horizon planning needs.
@@ -78,11 +93,12 @@ class ACJEPA(Objective):
             error in units of that expectation, so that moments that are always hard to predict (a bounce) count
             less than a confident prediction that fails.
         stop_grad_targets: detach the target embeddings (an EMA-free BYOL-style variant).
-        state_scale: the state head regresses ``states / state_scale`` (the environment's extent).
+        state_scale: the state heads regress ``states / state_scale`` (the environment's extent).
         latent_dim: width of a latent variable ``z`` the predictor takes next to the action, inferred in training from
             the embeddings before and after each step (:mod:`jepa_platform.encoders.latent`); 0: none. Planners give
             it the prior's mean or samples (``jepa plan --latent-samples``).
         latent_weight: weight of ``z``'s KL to the prior (nats per step): the price of each bit it carries.
+        levels_above: named builders of the levels above level 1, lowest first (``conf/objective/hierarchical_ac_jepa.yaml``).
     """
 
     accepts_clips = True
@@ -93,19 +109,14 @@ class ACJEPA(Objective):
         self,
         encoder: nn.Module,
         optimizer: OptimizerFactory,
+        predictor: PredictorFactory | None = None,
+        regulariser: Regulariser | None = None,
         action_dim: int = 2,
         state_dim: int = 2,
-        predictor_hidden: int = 256,
-        predictor_depth: int = 3,
         history: int = 1,
         rollout_steps: int | None = None,
         prediction_weight: float = 1.0,
         rollout_weight: float = 1.0,
-        regulariser: str = "vicreg",
-        var_weight: float = 1.0,
-        cov_weight: float = 0.04,
-        sigreg_weight: float = 0.1,
-        num_slices: int = 256,
         smooth_weight: float = 0.0,
         motion_var_weight: float = 0.0,
         uncertainty: bool = False,
@@ -113,32 +124,38 @@ class ACJEPA(Objective):
         state_scale: float = 1.0,
         latent_dim: int = 0,
         latent_weight: float = 0.03,
+        levels_above: Mapping[str, LevelFactory] | None = None,
         **kwargs: Any,
     ) -> None:
-        if regulariser not in REGULARISERS:
-            raise ConfigError(f"objective.regulariser={regulariser!r} is not one of {', '.join(REGULARISERS)}")
         if action_dim < 0 or state_dim < 0 or history < 1 or latent_dim < 0 or (rollout_steps is not None and rollout_steps < 1):
             raise ConfigError(
                 "objective.action_dim >= 0, objective.state_dim >= 0, objective.history >= 1, objective.latent_dim >= 0 "
                 "and objective.rollout_steps >= 1 (or null) are required"
             )
+        if levels_above and history != 1:
+            raise ConfigError("levels above level 1 need objective.history=1 (they read one embedding per step)")
+        if levels_above and len(levels_above) > 1:  # a third level would read level 2 every stride steps: not built yet
+            raise ConfigError(f"objective.levels_above has {len(levels_above)} levels: one level above level 1 is supported")
         super().__init__(encoder, optimizer, **kwargs)
         self.needs_actions = action_dim > 0
-        self.predictor = ActionConditionedPredictor(self.feature_dim, action_dim + latent_dim, predictor_hidden, predictor_depth, history)
-        self.latent = LatentInference(self.feature_dim, latent_dim, predictor_hidden) if latent_dim else None
-        width = history * self.feature_dim
-        self.uncertainty_head = (
-            nn.Sequential(nn.Linear(width, predictor_hidden), nn.GELU(), nn.Linear(predictor_hidden, self.feature_dim)) if uncertainty else None
-        )
-        self.state_head = nn.Sequential(nn.Linear(self.feature_dim, 128), nn.GELU(), nn.Linear(128, state_dim)) if state_dim else None
-        self.val_rollout: nn.ModuleList = nn.ModuleList()
-        self.val_state_error = MeanMetric()
-        self.val_slowness = SlownessStats(self.feature_dim)
-        # slow features of the embeddings (measured at every validation, saved with the weights): the planning space
-        self.register_buffer("slow_projection", torch.eye(self.feature_dim))
-        self.register_buffer("slowness", torch.ones(self.feature_dim))
+        d = self.feature_dim
+        built = (predictor or ActionConditionedPredictor)(dim=d, action_dim=action_dim + latent_dim, history=history)
+        latent = LatentInference(d, latent_dim, built.hidden) if latent_dim else None
+        self.uncertainty_head = nn.Sequential(nn.Linear(history * d, built.hidden), nn.GELU(), nn.Linear(built.hidden, d)) if uncertainty else None
+        levels = [Level(built, action_dim, latent=latent, state_head=state_head(d, state_dim), state_scale=state_scale)]
+        for name, factory in (levels_above or {}).items():
+            below = levels[-1]
+            try:
+                levels.append(factory(below_dim=below.dim, below_action_dim=below.action_dim, state_dim=state_dim, state_scale=state_scale))
+            except TypeError as exc:
+                raise ConfigError(f"objective.levels_above.{name} does not build a level: {exc}") from exc
+        self.levels = nn.ModuleList(levels)
+        self.regulariser = regulariser
+        self.val_rollout = nn.ModuleList(nn.ModuleList() for _ in levels)
+        self.val_state_error = nn.ModuleList(MeanMetric() for _ in levels)
+        self.val_slowness = nn.ModuleList(SlownessStats(level.dim) for level in levels)
 
-    # -- the world-model interface (planners use these) -----------------------------------------------------------
+    # -- the world-model interface (planners read encode and levels) ---------------------------------------------
     def encode(self, frames: Tensor) -> Tensor:
         """``(B, C, H, W)`` (or ``(B, T, C, H, W)``) normalised frames to embeddings ``(B[, T], D)``."""
         if frames.dim() == 5:
@@ -146,33 +163,12 @@ class ACJEPA(Objective):
         return self.encoder(frames)
 
     def predict(self, z: Tensor, actions: Tensor) -> Tensor:
-        """Open-loop predictions ``(N, H, D)`` from embeddings ``(N, D)`` and actions ``(N, H, A)``; with a latent
-        variable, actions of width ``action_dim + latent_dim`` carry its values and plain actions get its prior mean."""
-        return self.predictor.rollout(z, self.with_latent(actions))
+        """Level 1's open-loop predictions ``(N, H, D)`` from embeddings ``(N, D)`` and actions ``(N, H, A)``."""
+        return self.levels[0].rollout(z, actions)
 
     @property
     def latent_dim(self) -> int:
-        return self.hparams.get("latent_dim", 0)
-
-    def with_latent(self, actions: Tensor) -> Tensor:
-        """Actions padded with the latent's prior mean (zeros) when they do not carry latent values."""
-        if self.latent_dim and actions.shape[-1] == self.hparams.action_dim:
-            return torch.cat([actions, actions.new_zeros(*actions.shape[:-1], self.latent_dim)], dim=-1)
-        return actions
-
-    def planning_embedding(self, z: Tensor, slow_power: float = 0.0) -> Tensor:
-        """Embeddings ``(..., D)`` in the space where planners measure the energy to the goal: projected on the slow
-        features of the validation clips, each scaled by ``slowness^(-slow_power / 2)``
-        (:mod:`jepa_platform.metrics.slowness`); the embedding itself for ``slow_power=0``."""
-        if not slow_power:
-            return z
-        return (z @ self.slow_projection) * slow_weights(self.slowness, slow_power)
-
-    def decode_state(self, z: Tensor) -> Tensor:
-        """The state head's estimate of the state (in data units) for embeddings ``(..., D)``."""
-        if self.state_head is None:
-            raise ConfigError("this world model has no state head (objective.state_dim=0): guardrails need one")
-        return self.state_head(z) * self.hparams.state_scale
+        return self.levels[0].latent_dim
 
     # -- surprise (jepa surprise) ---------------------------------------------------------------------------------
     def surprise_window(self) -> tuple[int | None, int]:
@@ -183,7 +179,8 @@ class ACJEPA(Objective):
     def future_errors(self, frames: Tensor, context: int, actions: Tensor | None = None) -> Tensor:
         """Mean squared error ``(B, L - context)`` of the embeddings of each frame after the first ``context`` of
         windows ``(B, L, C, H, W)``, rolled out open loop from the context (its last ``history`` frames; a shorter
-        context counts as still before). ``actions`` ``(B, L - 1, A)`` are required when the model takes actions."""
+        context counts as still before), in units of the expected error when the model learnt it (``uncertainty``).
+        ``actions`` ``(B, L - 1, A)`` are required when the model takes actions."""
         length = frames.shape[1]
         if not 1 <= context < length:
             raise ConfigError(f"a context of {context} frame(s) leaves nothing to predict in a window of {length}: use 1..{length - 1}")
@@ -191,21 +188,19 @@ class ACJEPA(Objective):
             raise ConfigError("this world model takes actions: score clips whose episodes have actions (actions.npy)")
         if actions is None:
             actions = frames.new_zeros(frames.shape[0], length - 1, 0)
-        actions = self.with_latent(actions.flatten(2) if actions.dim() == 4 else actions)
+        actions = actions.flatten(2) if actions.dim() == 4 else actions
         z = self.encode(frames)
         k = self.hparams.history
         seen = z[:, :context]
         if context < k:
             seen = torch.cat([seen[:, :1].expand(-1, k - context, -1), seen], dim=1)
-        window, errors = seen[:, seen.shape[1] - k :], []
-        for t in range(context, length):  # open loop: each prediction feeds the next window
-            predicted = self.predictor(window[:, -1], actions[:, t - 1].to(z.dtype), window[:, :-1] if k > 1 else None)
-            squared = (predicted - z[:, t]).pow(2)
-            if self.uncertainty_head is not None:
-                squared = squared * torch.exp(-self.uncertainty_head(window.flatten(1)))
-            errors.append(squared.mean(dim=-1))
-            window = torch.cat([window[:, 1:], predicted.unsqueeze(1)], dim=1)
-        return torch.stack(errors, dim=1)
+        window = seen[:, seen.shape[1] - k :]
+        predicted = self.levels[0].rollout(window[:, -1], actions[:, context - 1 :].to(z.dtype), window[:, :-1] if k > 1 else None)
+        squared = (predicted - z[:, context:]).pow(2)
+        if self.uncertainty_head is not None:  # what each prediction saw: the window of the rollout before it
+            seen_by = torch.cat([window, predicted], dim=1).unfold(1, k, 1).movedim(-1, -2)[:, : predicted.shape[1]]
+            squared = squared * torch.exp(-self.uncertainty_head(seen_by.flatten(2)))
+        return squared.mean(dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:
         """Frame embeddings: ``(B, D)`` for images, ``(B, T, D)`` for clips."""
@@ -231,10 +226,11 @@ class ACJEPA(Objective):
         return frames, actions.to(frames.dtype)
 
     def _check_length(self, frames: int) -> None:
-        if frames < self.hparams.history + 1:
+        needed = max([self.hparams.history + 1, *(level.stride + 1 for level in self.levels[1:])])
+        if frames < needed:
             raise ConfigError(
-                f"ac_jepa with history {self.hparams.history} needs clips of at least {self.hparams.history + 1} frames, got {frames}: "
-                "raise data.clip_length (or lower objective.history)"
+                f"{type(self).__name__} (history {self.hparams.history}, level strides {[level.stride for level in self.levels]}) needs clips "
+                f"of at least {needed} frames, got {frames}: raise data.clip_length (or lower objective.history or a level's stride)"
             )
 
     def _history(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -246,44 +242,31 @@ class ACJEPA(Objective):
         windows = z.unfold(1, k, 1).movedim(-1, -2)[:, :-1]  # (B, L-k, k, D)
         return windows[:, :, -1], windows[:, :, :-1]
 
-    def regularisation(self, z: Tensor) -> dict[str, Tensor]:
-        """Anti-collapse terms on frame embeddings ``(N, D)`` of the global batch."""
-        reg = self.hparams.regulariser
-        if reg == "vicreg":
-            return {"variance": variance(z), "covariance": covariance(z)}
-        if reg == "sigreg":
-            generator = torch.Generator(device=z.device).manual_seed(1_000_003 + self.global_step)
-            return {"sigreg": sigreg(z, random_directions(z.shape[-1], self.hparams.num_slices, generator, z.device))}
-        return {}
-
     def losses(self, frames: Tensor, actions: Tensor, states: Tensor | None) -> tuple[LossOutput, Tensor, Tensor]:
-        """The loss, the one-step energy of each clip ``(B,)``, and the frame embeddings ``(B, L, D)`` of one clip batch."""
+        """Level 1's loss, the one-step energy of each clip ``(B,)``, and the frame embeddings ``(B, L, D)``."""
         hp = self.hparams
+        level = self.levels[0]
         z = self.encode(frames)  # (B, L, D)
         k = hp.history
         targets = z[:, k:].detach() if hp.stop_grad_targets else z[:, k:]
         actions = actions[:, k - 1 :]
         current, past = self._history(z)
         kl = None
-        if self.latent is not None:  # z of each step, inferred from where it started and where it ended
-            latent, kl = self.latent(current, z[:, k:])
+        if level.latent is not None:  # z of each step, inferred from where it started and where it ended
+            latent, kl = level.latent(current, z[:, k:])
             actions = torch.cat([actions, latent], dim=-1)
-        predictions = self.predictor(current, actions, past)
+        predictions = level.predictor(current, actions, past)
         one_step = F.mse_loss(predictions, targets)
+        terms = {"prediction": one_step}
+        steps = min(hp.rollout_steps or actions.shape[1], actions.shape[1])
+        terms["rollout"] = F.mse_loss(level.rollout(z[:, k - 1], actions[:, :steps], z[:, : k - 1]), targets[:, :steps])
+        total = hp.prediction_weight * one_step + hp.rollout_weight * terms["rollout"]
         if self.uncertainty_head is not None:
             window = current if past is None else torch.cat([past.flatten(-2), current], dim=-1)  # (B, L-k, k*D), oldest first
             log_var = self.uncertainty_head(window.detach())
             squared = (predictions.detach() - targets.detach()).pow(2)
-            terms_uncertainty = 0.5 * (squared * torch.exp(-log_var) + log_var).mean()
-        else:
-            terms_uncertainty = None
-        steps = min(hp.rollout_steps or actions.shape[1], actions.shape[1])
-        rollout = F.mse_loss(self.predictor.rollout(z[:, k - 1], actions[:, :steps], z[:, : k - 1]), targets[:, :steps])
-        terms = {"prediction": one_step, "rollout": rollout}
-        total = hp.prediction_weight * one_step + hp.rollout_weight * rollout
-        if terms_uncertainty is not None:
-            terms["uncertainty"] = terms_uncertainty
-            total = total + terms_uncertainty
+            terms["uncertainty"] = 0.5 * (squared * torch.exp(-log_var) + log_var).mean()
+            total = total + terms["uncertainty"]
         if kl is not None:
             terms["latent_kl"] = kl.mean()
             total = total + hp.latent_weight * terms["latent_kl"]
@@ -293,13 +276,12 @@ class ACJEPA(Objective):
         if hp.motion_var_weight:
             terms["motion_variance"] = variance(gather_with_grad((z - z.mean(dim=1, keepdim=True)).flatten(0, 1)))
             total = total + hp.motion_var_weight * terms["motion_variance"]
-        regs = self.regularisation(gather_with_grad(z.flatten(0, 1)))
-        weights = {"variance": hp.var_weight, "covariance": hp.cov_weight, "sigreg": hp.sigreg_weight}
-        for name, value in regs.items():
-            total = total + weights[name] * value
-        terms.update(regs)
-        if self.state_head is not None and states is not None:
-            state_loss = F.mse_loss(self.state_head(z.detach()), states / hp.state_scale)
+        if self.regulariser is not None and self.regulariser.active:
+            regs, weighted = self.regulariser(gather_with_grad(z.flatten(0, 1)), self.global_step)
+            terms.update(regs)
+            total = total + weighted
+        state_loss = level.state_loss(z, states)
+        if state_loss is not None:
             terms["state_head"] = state_loss
             total = total + state_loss
         per_clip = (predictions.detach() - targets.detach()).pow(2).flatten(1).mean(dim=1)
@@ -307,44 +289,61 @@ class ACJEPA(Objective):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         frames, actions = self._clip(batch)
-        out, per_clip, z = self.losses(frames, actions, batch.get("states"))
+        states = batch.get("states")
+        out, per_clip, z = self.losses(frames, actions, states)
         bs = frames.shape[0]
         self.log_loss(out, per_clip.mean(), bs)
+        total, energies, below = out.total, {"prediction": per_clip}, z
+        for index, level in enumerate(self.levels[1:], start=1):
+            terms, level_total, level_per_clip, below = level.losses(below, actions, states, self.global_step)
+            prefix = metric_prefix(index)
+            for name, value in terms.items():
+                self.log(f"{prefix}loss/{name}", value, batch_size=bs, sync_dist=True)
+            self.log(f"{prefix}energy", level_per_clip.mean(), batch_size=bs, sync_dist=True)
+            energies[prefix.rstrip("/")] = level_per_clip
+            total = total + level_total
         flat = z.detach().flatten(0, 1)
-        self.expose({"features": z[:, 0]}, {"repr": flat, "emb": flat}, energies={"prediction": per_clip})
-        return out.total
+        self.expose({"features": z[:, 0]}, {"repr": flat, "emb": flat}, energies=energies)
+        return total
 
     # -- validation -------------------------------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         frames, actions = self._clip(batch)
-        z = self.encode(frames)
+        z = self.encode(frames)  # once: every level reads these
         self.expose({"features": z[:, 0]})
         if dataloader_idx != 0:
             return
-        self.val_slowness.update(z)
         k = self.hparams.history
-        predicted = self.predictor.rollout(z[:, k - 1], self.with_latent(actions[:, k - 1 :]), z[:, : k - 1])  # (B, H, D); z at its prior mean
-        errors = (predicted - z[:, k:]).pow(2).mean(dim=(0, 2))  # (H,)
-        while len(self.val_rollout) < len(errors):
-            self.val_rollout.append(MeanMetric().to(self.device))
-        for h, e in enumerate(errors):
-            self.val_rollout[h].update(e, frames.shape[0])
-        if self.state_head is not None and batch.get("states") is not None:
-            error = (self.decode_state(z) - batch["states"]).norm(dim=-1).mean()
-            self.val_state_error.update(error, frames.shape[0])
+        s = z
+        for index, level in enumerate(self.levels):
+            if index == 0:  # open loop from the first full history; the latent at its prior mean
+                errors = (level.rollout(z[:, k - 1], actions[:, k - 1 :], z[:, : k - 1]) - z[:, k:]).pow(2).mean(dim=(0, 2))
+            else:
+                s = level.embed(s)
+                errors = level.validation_errors(s, actions)
+            self.val_slowness[index].update(s)
+            rollout = self.val_rollout[index]
+            while len(rollout) < len(errors):
+                rollout.append(MeanMetric().to(self.device))
+            for h, e in enumerate(errors):
+                rollout[h].update(e, frames.shape[0])
+            if level.state_head is not None and batch.get("states") is not None:
+                self.val_state_error[index].update((level.decode_state(s) - batch["states"]).norm(dim=-1).mean(), frames.shape[0])
 
     def on_validation_epoch_end(self) -> None:
-        metrics: Sequence[Metric] = [*self.val_rollout, self.val_state_error, self.val_slowness]
-        if not self.trainer.sanity_checking and self.val_slowness.update_called:
-            projection, slowness = self.val_slowness.compute()
-            self.slow_projection.copy_(projection)
-            self.slowness.copy_(slowness)
-            self.log("val/slowness_min", slowness[0])
-        if not self.trainer.sanity_checking:
-            for h, metric in enumerate(self.val_rollout, start=1):
-                if metric.update_called:
-                    self.log(f"val/rollout_energy/h{h}", metric.compute())
-            if self.val_state_error.update_called:
-                self.log("val/state_error", self.val_state_error.compute())
-        for metric in metrics:
-            metric.reset()
+        for index, level in enumerate(self.levels):
+            slowness_stats, prefix = self.val_slowness[index], metric_prefix(index)
+            if not self.trainer.sanity_checking and slowness_stats.update_called:
+                projection, slowness = slowness_stats.compute()
+                level.slow_projection.copy_(projection)
+                level.slowness.copy_(slowness)
+                if index == 0:
+                    self.log("val/slowness_min", slowness[0])
+            if not self.trainer.sanity_checking:
+                for h, metric in enumerate(self.val_rollout[index], start=1):
+                    if metric.update_called:
+                        self.log(f"{prefix}val/rollout_energy/h{h}", metric.compute())
+                if self.val_state_error[index].update_called:
+                    self.log(f"{prefix}val/state_error", self.val_state_error[index].compute())
+            for metric in [*self.val_rollout[index], self.val_state_error[index], slowness_stats]:
+                metric.reset()

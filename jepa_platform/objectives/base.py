@@ -22,6 +22,7 @@ clips) from loader 0 (queries) and loader 1 (the kNN bank).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,15 @@ class StepOutput:
     loss: LossOutput
     representations: list[Tensor]
     embeddings: list[Tensor]
+
+
+def _is_part(value: Any) -> bool:
+    """A module or builder passed in (or a mapping or list of them), as opposed to a plain setting."""
+    if isinstance(value, Mapping):
+        return any(_is_part(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_is_part(v) for v in value)
+    return isinstance(value, nn.Module) or callable(value)
 
 
 class Objective(L.LightningModule):
@@ -100,7 +110,14 @@ class Objective(L.LightningModule):
         if compile_loss and not callable(getattr(type(self), "compute_loss", None)):
             raise ConfigError(f"objective.compile_loss=true: {type(self).__name__} has no separate loss (compute_loss): use compile_encoder")
         super().__init__()
-        self.save_hyperparameters(ignore=["encoder", "optimizer"])
+        with warnings.catch_warnings():  # parts passed in are taken out just below
+            warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module` and is already saved during checkpointing.*")
+            self.save_hyperparameters(ignore=["encoder", "optimizer"])
+        # parts passed in (a regulariser, a predictor factory) are modules, not hyper-parameters: checkpoints keep
+        # their weights, and their settings are in the run's config.yaml
+        for store in (self._hparams, self._hparams_initial):
+            for key in [k for k, v in store.items() if _is_part(v)]:
+                del store[key]
         self.encoder = encoder
         self.optimizer_factory = optimizer
         self.feature_dim = int(feature_dim or encoder.num_features)

@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from jepa_platform.callbacks.ema import EMATargetUpdate, ema_update
 from jepa_platform.distributed import gather_with_grad
 from jepa_platform.errors import ConfigError
-from jepa_platform.losses.functional import PREDICTION_LOSSES, covariance, prediction_error_per_token, random_directions, sigreg, variance
+from jepa_platform.losses.functional import PREDICTION_LOSSES, prediction_error_per_token
+from jepa_platform.losses.regularisers import Regulariser
 from jepa_platform.masking.collate import MaskCollate, MaskPlan, sample_masks, token_grid
 from jepa_platform.masking.samplers import Grid, Masks, future_masks
 from jepa_platform.objectives.base import SelfSupervisedObjective
@@ -48,9 +49,8 @@ class MaskedJEPA(SelfSupervisedObjective):
         momentum_start, momentum_end: EMA momentum schedule of the target encoder over the run.
         eval_encoder: representation for probes, kNN and ``jepa eval``: ``target`` (I-JEPA evaluates its target
             encoder) or ``context``.
-        var_weight, cov_weight: optional VICReg variance / covariance terms on the pooled context features
-            (gathered over ranks); 0 disables.
-        sigreg_weight, sigreg_slices: optional SIGReg on the pooled context features; 0 disables.
+        regulariser: optional anti-collapse terms (VICReg variance / covariance, SIGReg) on the pooled context
+            features, gathered over ranks (:class:`~jepa_platform.losses.regularisers.Regulariser`); ``None``: none.
         target_view: the view of an image batch that the target encoder sees: 0, the context's own view (I-JEPA),
             or another view of the same image that shares its geometry (``data.shared_transform``) and differs
             in colour, as the target view of MSN (Assran et al. 2022): the predicted targets then carry what the
@@ -69,10 +69,7 @@ class MaskedJEPA(SelfSupervisedObjective):
         momentum_start: float = 0.996,
         momentum_end: float = 1.0,
         eval_encoder: str = "target",
-        var_weight: float = 0.0,
-        cov_weight: float = 0.0,
-        sigreg_weight: float = 0.0,
-        sigreg_slices: int = 256,
+        regulariser: Regulariser | None = None,
         target_view: int = 0,
         weight_decay: float = 0.05,
         **kwargs: Any,
@@ -103,6 +100,7 @@ class MaskedJEPA(SelfSupervisedObjective):
             if isinstance(head, nn.Module):
                 head.requires_grad_(False)
         self.target = copy.deepcopy(encoder).requires_grad_(False)
+        self.regulariser = regulariser
         self.patch_size = tuple(encoder.patch_size)
         self._warned_masks = False
 
@@ -198,20 +196,6 @@ class MaskedJEPA(SelfSupervisedObjective):
     # -- optional regularisers ------------------------------------------------------------------------------------
     def regularisers(self, pooled: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         """Unweighted terms and their weighted sum on pooled context features ``(B, D)``, over the global batch."""
-        hp = self.hparams
-        terms: dict[str, Tensor] = {}
-        total = pooled.new_zeros(())
-        if hp.var_weight or hp.cov_weight or hp.sigreg_weight:
-            z = gather_with_grad(pooled)
-            if hp.var_weight:
-                terms["variance"] = variance(z)
-                total = total + hp.var_weight * terms["variance"]
-            if hp.cov_weight:
-                terms["covariance"] = covariance(z)
-                total = total + hp.cov_weight * terms["covariance"]
-            if hp.sigreg_weight:
-                generator = torch.Generator(device=z.device).manual_seed(self.global_step)
-                directions = random_directions(z.shape[-1], hp.sigreg_slices, generator, z.device).to(z.dtype)
-                terms["sigreg"] = sigreg(z, directions)
-                total = total + hp.sigreg_weight * terms["sigreg"]
-        return terms, total
+        if self.regulariser is None or not self.regulariser.active:
+            return {}, pooled.new_zeros(())
+        return self.regulariser(gather_with_grad(pooled), self.global_step)

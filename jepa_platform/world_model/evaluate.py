@@ -190,8 +190,8 @@ def load_world_model(run: str, runs_dir: str, ckpt_arg: str | None) -> tuple[Pat
     cfg = load_run_config(run_dir)
     ckpt = Path(ckpt_arg) if ckpt_arg else find_checkpoint(str(run_dir), run_dir, run_dir)
     model, _meta = trained_objective(cfg.objective, ckpt)
-    if not all(hasattr(model, m) for m in ("encode", "predict")):
-        raise ConfigError(f"{run_dir} is not a world model ({type(model).__name__} has no encode/predict): train one with experiment=two_rooms")
+    if not getattr(model, "levels", None):  # the interface planners read (world_model.level.PlannableModel)
+        raise ConfigError(f"{run_dir} is not a world model ({type(model).__name__} has no levels): train one with experiment=two_rooms")
     from jepa_platform.world_model.envs import make_env
 
     env_name, env_kwargs = environment_of(cfg)
@@ -272,7 +272,7 @@ def main(argv: list[str]) -> int:
     if args.high_horizon < 1 or (args.high_period is not None and args.high_period < 1) or args.latent_samples < 0:
         raise ConfigError("--high-horizon and --high-period must be >= 1 and --latent-samples >= 0")
     run_dir, _cfg, ckpt, model, env, transform = load_world_model(args.run, args.runs_dir, args.ckpt)
-    if args.hierarchical and not hasattr(model, "predict_level2"):
+    if args.hierarchical and len(model.levels) < 2:
         raise ConfigError(f"{run_dir} has no level 2 ({type(model).__name__}): --hierarchical needs a hierarchical_ac_jepa run (experiment=maze)")
     wm = WorldModel(
         model.to(args.device),
@@ -306,7 +306,7 @@ def main(argv: list[str]) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict[str, float]]] = {}
     records: dict[str, list[dict]] = {}
-    stride = int(getattr(model.hparams, "level2_stride", 0) or 0) if hasattr(model, "hparams") else 0
+    stride = model.levels[1].stride if len(model.levels) > 1 else 0
     for name, planner in planners.items():
         tic = time.perf_counter()
         horizon, execute = (args.horizon, args.execute) if name != "greedy" else (1, 1)

@@ -39,36 +39,30 @@ class LevelTwoModel(WorldModel):
 
     def __init__(self, low: WorldModel) -> None:
         model = low.model
-        if not all(hasattr(model, m) for m in ("abstract_embedding", "predict_level2")):
+        if len(model.levels) < 2:
             raise ConfigError(f"{type(model).__name__} has no level 2: train a hierarchical world model (experiment=maze) for --hierarchical")
-        bound = float(model.hparams.macro_bound)
-        dim = int(model.hparams.macro_dim)
+        level = model.levels[1]
+        bound = float(level.action_bound)
+        dim = int(level.action_dim)
         super().__init__(model, low.transform, np.full(dim, -bound, np.float32), np.full(dim, bound, np.float32), slow_power=low.slow_power)
+        self.level = level
         self.level1 = low
-        self.stride = int(model.hparams.level2_stride)
+        self.stride = int(level.stride)
         self.evaluations_level2 = 0
 
     @torch.no_grad()
     def encode(self, obs: np.ndarray) -> Tensor:
-        return self.model.abstract_embedding(self.level1.encode(obs))
+        return self.level.embed(self.level1.encode(obs))
 
     @torch.no_grad()
     def encode_goal(self, goal_obs: np.ndarray) -> Tensor:
-        return self.model.abstract_embedding(self.level1.encode_goal(goal_obs))
+        return self.level.embed(self.level1.encode_goal(goal_obs))
 
     def rollout(self, z0: Tensor, actions: Tensor) -> Tensor:
         count = actions.shape[0] * actions.shape[1]
         self.level1.evaluations += count
         self.evaluations_level2 += count
-        return self.model.predict_level2(z0.expand(actions.shape[0], -1), actions)
-
-    def planning(self, z: Tensor) -> Tensor:
-        """Level-2 slow features weighted by ``slow_power`` (the level-1 model's setting), if the model has them."""
-        to_space = getattr(self.model, "level2_planning_embedding", None)
-        return to_space(z, self.slow_power) if to_space is not None and self.slow_power else z
-
-    def states(self, z: Tensor) -> Tensor:
-        return self.model.decode_level2_state(z)
+        return self.level.rollout(z0.expand(actions.shape[0], -1), actions)
 
 
 class SubgoalView:
@@ -83,7 +77,7 @@ class SubgoalView:
         return getattr(self.base, name)
 
     def planning(self, z: Tensor) -> Tensor:
-        return self.level2.planning(self.base.model.abstract_embedding(z))
+        return self.level2.planning(self.level2.level.embed(z))
 
     def planning_goal(self, goal: Tensor) -> Tensor:
         return self.level2.planning(goal)

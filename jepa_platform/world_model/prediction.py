@@ -72,28 +72,30 @@ def prediction_errors(model: Any, transform: Any, data: dict[str, np.ndarray], s
     target = z[:, 1:]
     scale = target.flatten(0, 1).var(dim=0).mean().clamp_min(1e-12)
 
+    level = model.levels[0]
+
     def score(predicted: Tensor) -> dict[str, Tensor]:
         out = {"error": (predicted - target).pow(2).mean(dim=-1) / scale}
-        if getattr(model, "state_head", None) is not None:
-            out["position"] = (model.decode_state(predicted) - states).norm(dim=-1)
+        if level.state_head is not None:
+            out["position"] = (level.decode_state(predicted) - states).norm(dim=-1)
         return out
 
-    modes = {"mean": score(model.predict(z[:, 0], actions))}
-    latent_dim = int(getattr(model, "latent_dim", 0) or 0)
+    modes = {"mean": score(level.rollout(z[:, 0], actions))}
+    latent_dim = level.latent_dim
     if latent_dim and samples:
         g = torch.Generator(device=device).manual_seed(seed)
         draws = [
-            score(model.predict(z[:, 0], torch.cat([actions, torch.randn(*actions.shape[:-1], latent_dim, generator=g, device=device)], dim=-1)))
+            score(level.rollout(z[:, 0], torch.cat([actions, torch.randn(*actions.shape[:-1], latent_dim, generator=g, device=device)], dim=-1)))
             for _ in range(samples)
         ]
         errors = torch.stack([d["error"] for d in draws])  # (S, N, H)
         best = errors.mean(dim=-1).argmin(dim=0)  # (N,)
         pick = torch.arange(best.numel(), device=device)
         modes[f"best-of-{samples}"] = {k: torch.stack([d[k] for d in draws])[best, pick] for k in draws[0]}
-    if latent_dim and getattr(model, "latent", None) is not None:
-        model.latent.eval()
-        inferred, _kl = model.latent(z[:, :-1], z[:, 1:])
-        modes["posterior"] = score(model.predict(z[:, 0], torch.cat([actions, inferred], dim=-1)))
+    if level.latent is not None:
+        level.latent.eval()
+        inferred, _kl = level.latent(z[:, :-1], z[:, 1:])
+        modes["posterior"] = score(level.rollout(z[:, 0], torch.cat([actions, inferred], dim=-1)))
     return modes
 
 

@@ -119,9 +119,7 @@ def test_clip_batches_carry_labels_and_actions(make_cfg):
 
 
 def test_extra_regularisers_are_logged(make_cfg):
-    cfg = make_cfg(
-        "objective=ema_jepa", *SHORT, "objective.var_weight=1.0", "objective.cov_weight=0.04", "objective.sigreg_weight=0.1", debug="fast_vit"
-    )
+    cfg = make_cfg("objective=ema_jepa", *SHORT, "objective/regulariser=vicreg", "objective.regulariser.sigreg_weight=0.1", debug="fast_vit")
     metrics = run_train(cfg)
     for term in ("prediction", "variance", "covariance", "sigreg"):
         assert math.isfinite(metrics[f"train/loss/{term}"])

@@ -15,7 +15,7 @@ from data_modules import intuitive_physics as ip
 from data_modules.sequences import write_episodes
 
 TINY = ["debug=fast_physics", "trainer.enable_progress_bar=false"]
-TINY_CONV = ["encoder.channels=[8,16,32]", "encoder.embed_dim=16", "objective.predictor_hidden=32"]
+TINY_CONV = ["encoder.channels=[8,16,32]", "encoder.embed_dim=16", "objective.predictor.hidden=32"]
 TINY_VIT = ["encoder.model_kwargs.depth=1", "objective.predictor_depth=1", "objective.predictor_dim=32"]
 
 

@@ -26,7 +26,7 @@ run("train_wm", "train", "debug=fast_wm", "objective=ac_jepa", "logger=none", "f
 run("plan", "plan", runs + "/wm_ac_jepa", "--episodes", "1", "--max-steps", "4", "--horizon", "2", "--execute", "2", "--planners", "cem",
     "--planner-arg", "cem.num_samples=16")
 run("train_physics", "train", "experiment=surprise_ac_jepa", "debug=fast_physics", "logger=none", "encoder.channels=[8,16,32]",
-    "encoder.embed_dim=16", "objective.predictor_hidden=32", "trainer.limit_train_batches=2", run_id="phys")
+    "encoder.embed_dim=16", "objective.predictor.hidden=32", "trainer.limit_train_batches=2", run_id="phys")
 run("surprise", "surprise", runs + "/phys_ac_jepa", "--pairs-per-type", "1", "--figures", "0")
 print(json.dumps({"codes": codes, "mlflow": sorted(m for m in sys.modules if m == "mlflow" or m.startswith("mlflow."))}))
 """

@@ -16,6 +16,8 @@ from jepa_platform.train import apply_gpu_defaults
 
 CONF = config_dir()
 ALL_OPTIONS = [(g.name, p.stem) for g in sorted(CONF.iterdir()) if g.is_dir() for p in sorted(g.glob("*.yaml"))]
+#: groups inside an objective's config (``objective/regulariser=sigreg``): each option is composed by a test below
+PART_OPTIONS = [("objective/regulariser", p.stem) for p in sorted((CONF / "objective" / "regulariser").glob("*.yaml"))]
 
 
 def test_every_config_file_is_covered():
@@ -23,7 +25,8 @@ def test_every_config_file_is_covered():
     covered = {Path(g) / f"{o}.yaml" for g, o in ALL_OPTIONS} | {Path("train.yaml")}
     # files in a group's subfolder (objective/base/...) are composed through the defaults of that group's options
     nested = {f for f in files if len(f.parts) > 2}
-    for f in nested - {f for f in nested if f.parts[:2] == ("hydra", "launcher")}:
+    parts = {Path(g) / f"{o}.yaml" for g, o in PART_OPTIONS}  # composed by test_part_options
+    for f in nested - {f for f in nested if f.parts[:2] == ("hydra", "launcher")} - parts:
         # named from the group's top level (base/x@...) or, by a sibling file, relative to its own folder (x@...)
         names = (f"{'/'.join(f.parts[1:-1])}/{f.stem}@", f"- {f.stem}@")
         users = [p for p in (CONF / f.parts[0]).rglob("*.yaml") if p != CONF / f and any(n in p.read_text() for n in names)]
@@ -31,6 +34,18 @@ def test_every_config_file_is_covered():
     launchers = {f for f in nested if f.parts[:2] == ("hydra", "launcher")}  # composed by tests/unit/test_launch.py
     assert launchers == {Path("hydra/launcher/slurm.yaml")}
     assert set(files) == covered | nested
+
+
+@pytest.mark.parametrize(("group", "option"), PART_OPTIONS, ids=[f"{g}={o}" for g, o in PART_OPTIONS])
+def test_part_options(group: str, option: str):
+    """Each regulariser preset builds into the world model and into a masked JEPA, the two kinds that take one."""
+    from jepa_platform.losses.regularisers import Regulariser
+    from jepa_platform.testing import build_objective
+
+    for objective in ("ac_jepa", "ema_jepa"):
+        model = build_objective((f"objective={objective}", f"{group}={option}"))
+        assert isinstance(model.regulariser, Regulariser)
+        assert model.regulariser.active == (option != "none")
 
 
 @pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])

@@ -137,7 +137,7 @@ def test_level_two_needs_a_hierarchical_model():
 def test_latent_draws_are_shared_by_candidates_and_plain_actions_get_the_prior_mean():
     model = build_objective(("objective=ac_jepa", "objective.latent_dim=3")).eval()
     assert model.latent_dim == 3
-    for block in model.predictor.blocks:  # AdaLN gates start at zero: give the condition (action and latent) an effect
+    for block in model.levels[0].predictor.blocks:  # AdaLN gates start at zero: give the condition (action and latent) an effect
         torch.nn.init.normal_(block.modulation.weight, std=0.3)
     env = TwoRoomsEnv(image_size=32)
     wm = WorldModel(model, lambda f: f.float() / 255, env.action_space.low, env.action_space.high, latent_samples=4)
@@ -157,18 +157,34 @@ def test_latent_draws_are_shared_by_candidates_and_plain_actions_get_the_prior_m
 
 
 def test_hierarchical_objective_trains_both_levels_with_their_own_terms():
-    model = build_objective(("objective=hierarchical_ac_jepa", "objective.level2_latent_dim=2", "objective.latent_dim=2"))
+    model = build_objective(("objective=hierarchical_ac_jepa", "objective.levels_above.level2.latent_dim=2", "objective.latent_dim=2"))
     from jepa_platform.testing import example_clip_batch
 
     batch = example_clip_batch(8)
     frames, actions = model._clip(batch)
     out, _per_clip, z = model.losses(frames, actions, batch.get("states"))
-    terms, total, per_clip = model.level2(z, actions, batch.get("states"))
+    level2 = model.levels[1]
+    terms, total, per_clip, s = level2.losses(z, actions, batch.get("states"), step=0)
     assert {"prediction", "rollout", "variance", "covariance", "macro_variance", "smoothness", "latent_kl"} <= set(terms)
-    assert "latent_kl" in out.terms and per_clip.shape == (8,) and torch.isfinite(total)
-    chunks = 50 * torch.randn(4, model.hparams.level2_stride, 2)
-    assert model.macro_actions(chunks).abs().max() <= model.hparams.macro_bound  # inside the box the planner searches
+    assert "latent_kl" in out.terms and per_clip.shape == (8,) and s.shape[-1] == level2.dim and torch.isfinite(total)
+    chunks = 50 * torch.randn(4, level2.stride, 2)
+    assert level2.encode_actions(chunks).abs().max() <= level2.action_bound  # inside the box the planner searches
     total.backward()
     assert all(p.grad is None for p in model.encoder.parameters())  # level 2 reads detached level-1 embeddings
-    with pytest.raises(ConfigError, match="level2_stride"):
+    with pytest.raises(ConfigError, match="stride"):
         model._check_length(2)
+
+
+def test_world_models_are_built_from_parts_and_declare_their_levels():
+    """One Level type per level, parts passed in: the regulariser and predictor come from the config, level 2 is
+    the same type as level 1, and the planners' interface is encode + levels (no hasattr)."""
+    from jepa_platform.losses.regularisers import Regulariser
+    from jepa_platform.world_model.level import Level
+
+    flat = build_objective(("objective=ac_jepa", "objective/regulariser=sigreg"))
+    assert len(flat.levels) == 1 and isinstance(flat.regulariser, Regulariser) and flat.regulariser.sigreg_weight == 0.1
+    two = build_objective(("objective=hierarchical_ac_jepa",))
+    assert len(two.levels) == 2 and all(isinstance(level, Level) for level in two.levels)
+    assert two.levels[1].predictor.dim == two.levels[1].dim and two.levels[1].action_bound == 2.0
+    assert not any(k.endswith("2") for k in dict(two.named_children()))  # no copy-with-suffix
+    assert "regulariser" not in two.hparams and "levels_above" not in two.hparams  # parts are modules, not hparams

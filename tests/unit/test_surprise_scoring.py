@@ -128,7 +128,7 @@ def test_a_passive_world_model_trains_on_clips_without_actions_and_scores_window
     model = _passive_world_model().train()
     loss = model.training_step({"frames": torch.randn(4, 6, 3, 32, 32)}, 0)
     loss.backward()
-    assert torch.isfinite(loss) and all(p.grad is not None for p in model.predictor.parameters() if p.requires_grad)
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.levels[0].predictor.parameters() if p.requires_grad)
     with pytest.raises(ConfigError, match="at least 4 frames"):
         model.training_step({"frames": torch.randn(2, 3, 3, 32, 32)}, 0)
     model.eval()

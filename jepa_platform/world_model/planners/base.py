@@ -22,9 +22,9 @@ from jepa_platform.world_model.costs import PlanningCost
 
 
 class WorldModel:
-    """What planners talk to: an objective with ``encode``, ``predict`` (open-loop rollout) and, for guardrails,
-    ``decode_state``; counts world-model evaluations (one per candidate per predicted step) and caches the goal's
-    embedding.
+    """What planners talk to: level 1 of a world model (:class:`~jepa_platform.world_model.level.PlannableModel`:
+    ``encode`` and ``levels``), whose ``rollout`` predicts and whose state head guardrails read; counts world-model
+    evaluations (one per candidate per predicted step) and caches the goal's embedding.
 
     Args:
         model: the trained world-model objective (e.g. ``ac_jepa``), put in eval mode.
@@ -56,7 +56,8 @@ class WorldModel:
         self.high = torch.as_tensor(action_high, dtype=torch.float32, device=self.device)
         self.action_dim = int(self.low.numel())
         self.slow_power = slow_power
-        self.latent_dim = int(getattr(model, "latent_dim", 0) or 0)
+        self.level = model.levels[0]
+        self.latent_dim = int(self.level.latent_dim)
         self.latent_samples = latent_samples if self.latent_dim else 0
         self.latent_risk = latent_risk
         self._latent_rng = torch.Generator(device=self.device).manual_seed(seed)
@@ -79,7 +80,7 @@ class WorldModel:
     def rollout(self, z0: Tensor, actions: Tensor) -> Tensor:
         """Predicted embeddings ``(N, H, D)`` of ``(N, H, A)`` action sequences from ``z0`` ``(D,)``."""
         self.evaluations += actions.shape[0] * actions.shape[1]
-        return self.model.predict(z0.expand(actions.shape[0], -1), actions)
+        return self.level.rollout(z0.expand(actions.shape[0], -1), actions)
 
     def rollout_samples(self, z0: Tensor, actions: Tensor) -> Tensor:
         """Predictions ``(S, N, H, D)`` of ``(N, H, A)`` action sequences under ``S = latent_samples`` draws of the latent
@@ -88,13 +89,12 @@ class WorldModel:
         draws = torch.randn((self.latent_samples, 1, h, self.latent_dim), generator=self._latent_rng, device=self.device)
         full = torch.cat([actions.expand(self.latent_samples, -1, -1, -1), draws.expand(-1, n, -1, -1)], dim=-1)
         self.evaluations += self.latent_samples * n * h
-        return self.model.predict(z0.expand(self.latent_samples * n, -1), full.flatten(0, 1)).unflatten(0, (self.latent_samples, n))
+        return self.level.rollout(z0.expand(self.latent_samples * n, -1), full.flatten(0, 1)).unflatten(0, (self.latent_samples, n))
 
     def planning(self, z: Tensor) -> Tensor:
-        """Embeddings in the space where the energy to the goal is measured (the model's ``planning_embedding``,
-        e.g. slow features weighted up; the embedding itself for models without one)."""
-        to_space = getattr(self.model, "planning_embedding", None)
-        return to_space(z, self.slow_power) if to_space is not None and self.slow_power else z
+        """Embeddings in the space where the energy to the goal is measured (the level's ``planning_embedding``:
+        slow features weighted by ``slow_power``; the embedding itself for 0)."""
+        return self.level.planning_embedding(z, self.slow_power)
 
     def planning_goal(self, goal: Tensor) -> Tensor:
         """The goal in the space where the energy is measured (a view planning toward a subgoal given in that space
@@ -103,7 +103,7 @@ class WorldModel:
 
     def states(self, z: Tensor) -> Tensor:
         """The state head's estimate of the states of embeddings ``(..., D)`` (for guardrails)."""
-        return self.model.decode_state(z)
+        return self.level.decode_state(z)
 
     def clamp(self, actions: Tensor) -> Tensor:
         return torch.maximum(torch.minimum(actions, self.high), self.low)
