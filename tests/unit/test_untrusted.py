@@ -95,3 +95,22 @@ def test_every_shipped_config_passes_the_allowlist():
 def test_foreign_targets_are_a_one_line_error_naming_the_key(node):
     with pytest.raises(ConfigError, match="is not a class the platform instantiates"):
         check_targets(node, "config.yaml")
+
+
+def test_run_config_checks_only_what_the_reading_commands_build(tmp_path):
+    """A run recorded with the user's own callback (outside the allowlist) still evaluates and exports: those commands
+    build only the objective, encoder, optimizer and data, and those must name allowlisted classes."""
+    import pytest
+    from omegaconf import OmegaConf
+
+    from jepa_platform.checkpoints import load_run_config
+    from jepa_platform.errors import ConfigError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    good = {"objective": {"_target_": "jepa_platform.objectives.VICReg"}, "callbacks": {"mine": {"_target_": "my_lab.callbacks.Mine"}}}
+    OmegaConf.save(OmegaConf.create(good), run / "config.yaml")
+    assert load_run_config(run).callbacks.mine._target_ == "my_lab.callbacks.Mine"
+    OmegaConf.save(OmegaConf.create({**good, "data": {"_target_": "os.system"}}), run / "config.yaml")
+    with pytest.raises(ConfigError, match="os.system"):
+        load_run_config(run)
