@@ -14,9 +14,7 @@ import time
 import torch
 
 from data_modules.builtin import ensure_shapes_dataset
-from jepa_platform.config import compose_config
-from jepa_platform.encoders import TimmEncoder
-from jepa_platform.objectives import VICReg
+from jepa_platform.config import build_preset, compose_config
 
 
 def loader_rate(data_dir: str, batch_size: int, workers: int, batches: int) -> float:
@@ -49,7 +47,13 @@ def samples_per_second(loader, batches: int) -> float:
 
 def step_rate(encoder: str, batch_size: int, steps: int, projector: list[int], image_size: int = 32) -> float:
     """VICReg training steps (two views, AdamW) per second x batch size, after one warm-up step."""
-    model = VICReg(TimmEncoder(encoder), functools.partial(torch.optim.AdamW, lr=1e-3), projector_dims=projector)
+    model = build_preset(
+        "objective=vicreg",
+        f"encoder.name={encoder}",
+        "encoder.small_stem=false",
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
+        projector_dims=projector,
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     views = [torch.randn(batch_size, 3, image_size, image_size) for _ in range(2)]
 

@@ -61,12 +61,12 @@ class ShapesDataModule(ImageDataModule):
 
     def __init__(
         self,
-        root: str | None = None,
-        dataset_seed: int = 0,
-        num_train: int = 20000,
-        num_val: int = 5000,
-        image_size: int = 32,
-        samples_per_shard: int = 1000,
+        root: str | None,
+        dataset_seed: int,
+        num_train: int,
+        num_val: int,
+        image_size: int,
+        samples_per_shard: int,
         **kwargs,
     ) -> None:
         self.root = Path(root).expanduser() if root else default_cache_dir()
@@ -161,23 +161,13 @@ class MovingShapesDataModule(GeneratedVideoDataModule):
     dataset_dir = staticmethod(moving_shapes_dir)
     ensure_dataset = staticmethod(ensure_moving_shapes_dataset)
 
-    def __init__(
-        self,
-        root: str | None = None,
-        dataset_seed: int = 0,
-        num_train: int = 4000,
-        num_val: int = 1000,
-        image_size: int = 32,
-        length: int = 16,
-        samples_per_shard: int = 250,
-        label_key: str = "label",
-        **kwargs,
-    ) -> None:
+    def __init__(self, label_key: str, **kwargs) -> None:
+        """``label_key`` (``label`` or ``motion``) and :class:`GeneratedVideoDataModule`'s arguments."""
         if label_key not in moving_shapes.CLASSES:
             raise ConfigError(f"data.label_key={label_key!r}: the moving-shapes episodes are labelled by {' or '.join(moving_shapes.CLASSES)}")
         if kwargs.get("num_classes") is None:
             kwargs["num_classes"] = len(moving_shapes.CLASSES[label_key])
-        super().__init__(root, dataset_seed, num_train, num_val, image_size, length, samples_per_shard, label_key=label_key, **kwargs)
+        super().__init__(label_key=label_key, **kwargs)
 
 
 def intuitive_physics_dir(root: str | os.PathLike, seed: int, num_train: int, num_val: int, image_size: int, length: int) -> Path:
@@ -246,21 +236,11 @@ class IntuitivePhysicsDataModule(GeneratedVideoDataModule):
     dataset_dir = staticmethod(intuitive_physics_dir)
     ensure_dataset = staticmethod(ensure_intuitive_physics_dataset)
 
-    def __init__(
-        self,
-        root: str | None = None,
-        dataset_seed: int = 0,
-        num_train: int = 4000,
-        num_val: int = 1000,
-        image_size: int = 32,
-        length: int = 24,
-        samples_per_shard: int = 250,
-        **kwargs,
-    ) -> None:
-        kwargs.setdefault("label_key", "speed")
+    def __init__(self, **kwargs) -> None:
+        """:class:`GeneratedVideoDataModule`'s arguments; the class count follows the speed bins unless given."""
         if kwargs.get("num_classes") is None:
             kwargs["num_classes"] = len(intuitive_physics.CLASSES["speed"])
-        super().__init__(root, dataset_seed, num_train, num_val, image_size, length, samples_per_shard, **kwargs)
+        super().__init__(**kwargs)
 
 
 def two_rooms_dir(
@@ -289,16 +269,16 @@ class TwoRoomsDataModule(SequenceDataModule):
 
     def __init__(
         self,
-        root: str | None = None,
-        dataset_seed: int = 0,
-        num_train: int = 2000,
-        num_val: int = 200,
-        image_size: int = 64,
-        length: int = 32,
-        policy: str = "mixed",
-        env: dict | None = None,
-        samples_per_shard: int = 250,
-        environment: str = "two_rooms",
+        root: str | None,
+        dataset_seed: int,
+        num_train: int,
+        num_val: int,
+        image_size: int,
+        length: int,
+        policy: str,
+        env: dict | None,
+        samples_per_shard: int,
+        environment: str,
         **kwargs,
     ) -> None:
         self.environment = environment

@@ -112,17 +112,17 @@ class StreamingDataModule(L.LightningDataModule):
     def __init__(
         self,
         urls: str | Sequence[str],
-        val_urls: str | Sequence[str] | None = None,
-        batch_size: int = 256,
-        val_batch_size: int | None = None,
-        num_workers: int | str = 2,
-        epoch_mode: EpochMode = "exact",
-        batches_per_epoch: int | None = None,
-        samples_per_epoch: int | None = None,
-        shuffle_buffer: int = 2000,
-        max_error_rate: float = 0.01,
-        seed: int = 0,
-        collate: Callable[[list[Any]], dict] | None = None,
+        val_urls: str | Sequence[str] | None,
+        batch_size: int,
+        val_batch_size: int | None,
+        num_workers: int | str,
+        epoch_mode: EpochMode,
+        batches_per_epoch: int | None,
+        samples_per_epoch: int | None,
+        shuffle_buffer: int,
+        max_error_rate: float,
+        seed: int,
+        collate: Callable[[list[Any]], dict] | None,
     ) -> None:
         super().__init__()
         if epoch_mode not in ("exact", "resampled"):

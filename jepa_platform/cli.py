@@ -43,7 +43,7 @@ def _train(args: list[str]) -> int:
     args = rewrite_trainer_overrides(args)
     validate(args)
     if prints_only(args):
-        run_app(args, task=lambda cfg: None, load=set())
+        run_app(args, task=lambda cfg: None)
         return 0
     from jepa_platform import train
 

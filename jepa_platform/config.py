@@ -48,53 +48,33 @@ def config_dir() -> Path:
     return path
 
 
+def plugin_config_dirs() -> list[Path]:
+    """The ``conf/`` folders that installed plugin packages ship (``<package>/conf/<group>/<name>.yaml``): each
+    plugin's YAML is the one place its settings live, as the built-ins' YAML is theirs. Found from the plugins'
+    entry points without importing them; Hydra searches them through ``hydra_plugins/jepa_platform_searchpath``."""
+    from jepa_platform.registry import REGISTRIES, plugin_package_dirs
+
+    dirs = {d / "conf" for registry in REGISTRIES.values() for d in plugin_package_dirs(registry)}
+    return sorted(d for d in dirs if d.is_dir())
+
+
 def group_options(group: str, conf: Path | None = None) -> list[str]:
-    """Options of a config group: the YAML files in ``conf/<group>/``, plus registered objectives or encoders."""
-    directory = (conf or config_dir()) / group
-    return sorted({p.stem for p in directory.glob("*.yaml")} | set(_registered(group)))
+    """Options of a config group: the YAML files in ``conf/<group>/`` and in the plugins' config folders."""
+    folders = [conf or config_dir(), *plugin_config_dirs()]
+    return sorted({p.stem for folder in folders for p in (folder / group).glob("*.yaml")})
 
 
-def _registered(group: str) -> list[str]:
+def _without_config(group: str, name: str) -> str | None:
+    """The distribution whose plugin registers ``name`` in ``group`` without shipping its YAML, if one does."""
+    from importlib.metadata import entry_points
+
     from jepa_platform.registry import REGISTRIES
 
-    return [d.name for d in REGISTRIES[group].declarations()] if group in REGISTRIES else []
-
-
-#: (group, name) of generated configs stored with the constructor's defaults (the rest are stand-ins)
-_GENERATED_FULL: set[tuple[str, str]] = set()
-
-
-def store_registered_configs(conf: Path | None = None, load: bool | set[tuple[str, str]] = True) -> set[tuple[str, str]]:
-    """Make each registered objective and encoder that has no YAML file in ``conf/`` a group option.
-
-    Its config is generated from the constructor (:func:`jepa_platform.registry.default_config`) and put in Hydra's
-    ConfigStore, so a plugin works with ``jepa train objective=<name>`` and ``objective.<arg>=...`` out of the box.
-    Generating a config imports the class (torch, Lightning, the plugin): ``load`` says for which (group, name) pairs
-    (``True``: all); the others get a stand-in that only names the class, enough to list and check choices.
-    Returns the generated (group, name) pairs.
-    """
-    from hydra.core.config_store import ConfigStore
-
-    from jepa_platform.registry import REGISTRIES, default_config
-
-    conf = conf or config_dir()
-    store = ConfigStore.instance()
-    generated = set()
-    for group, registry in REGISTRIES.items():
-        files = {p.stem for p in (conf / group).glob("*.yaml")}
-        for declared in registry.declarations():
-            key = (group, declared.name)
-            if declared.name in files:
-                continue
-            generated.add(key)
-            if load is True or key in load:
-                if key not in _GENERATED_FULL:
-                    node = default_config(registry.get(declared.name).cls, wire=group == "objective")
-                    store.store(group=group, name=declared.name, node=node)
-                    _GENERATED_FULL.add(key)
-            elif key not in _GENERATED_FULL:
-                store.store(group=group, name=declared.name, node={"_target_": declared.target})
-    return generated
+    registry = REGISTRIES.get(group)
+    for ep in entry_points(group=registry.group) if registry else []:
+        if ep.name == name:
+            return f"plugin: {ep.dist.name if ep.dist is not None else 'unknown distribution'}"
+    return None
 
 
 def config_groups(conf: Path | None = None) -> list[str]:
@@ -178,6 +158,11 @@ def _check_group_choices(overrides: list[str], conf: Path) -> None:
         options = group_options(key, conf)
         for value in _values(override):
             if value not in options and value != "null":
+                plugin = _without_config(key, value)
+                if plugin:
+                    raise ConfigError(
+                        f"{key} '{value}' ({plugin}) ships no config: add conf/{key}/{value}.yaml to its package (docs/adding-an-objective.md)"
+                    )
                 raise ConfigError(f"unknown {key} '{value}'{_suggest(value, options)}: choose one of {', '.join(options)}")
 
 
@@ -240,15 +225,7 @@ def explain(exc: BaseException, overrides: list[str], config_name: str = "train"
 def compose_config(overrides: list[str], config_name: str = "train", conf: Path | None = None, output_dir: str = ".") -> DictConfig:
     """Compose a config as ``jepa train`` would, with the Hydra runtime set, for checks, tests and notebooks."""
     conf = conf or config_dir()
-    generated = store_registered_configs(conf, load=set())
-    named = {(o.key_or_group, v) for o in OverridesParser.create().parse_overrides(overrides) if not o.package for v in _values(o)}
-    if named & generated:  # options chosen on the command line: their keys may be overridden too
-        store_registered_configs(conf, load=named & generated)
     cfg = _compose(conf, config_name, overrides)
-    chosen = ({(group, cfg.hydra.runtime.choices.get(group)) for group, _ in generated} & generated) - _GENERATED_FULL
-    if chosen:  # a stand-in was used (an experiment file chose it): build it from the class's constructor, compose again
-        store_registered_configs(conf, load=chosen)
-        cfg = _compose(conf, config_name, overrides)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
         if OmegaConf.is_missing(cfg.hydra.runtime, "cwd") or not cfg.hydra.runtime.cwd:
@@ -263,12 +240,10 @@ def _compose(conf: Path, config_name: str, overrides: list[str]) -> DictConfig:
         return compose(config_name, overrides=overrides, return_hydra_config=True)
 
 
-def run_app(args: list[str], task: Callable[[DictConfig], None], load: bool | set[tuple[str, str]] = True) -> None:
+def run_app(args: list[str], task: Callable[[DictConfig], None]) -> None:
     """Run ``task`` as the Hydra app of ``jepa train`` over ``conf/`` with ``args`` (flags such as ``--help`` and
-    ``--cfg job`` are Hydra's own). ``load``: which generated configs to build (:func:`store_registered_configs`)."""
+    ``--cfg job`` are Hydra's own; a multirun's launcher composes each job)."""
     import hydra
-
-    store_registered_configs(load=load)
 
     @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
     def _app(cfg: DictConfig) -> None:
@@ -338,6 +313,17 @@ def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
             raise exc.__cause__ from exc
         detail = " ".join(str(exc.__cause__ or exc).split())
         raise ConfigError(f"cannot build {what} ({node.get('_target_')}): {detail}: fix the {what} config or its overrides") from exc
+
+
+def build_preset(option: str, *overrides: str, node: str | None = None, **kwargs: Any) -> Any:
+    """The object a preset of ``conf/`` describes, for Python code (notebooks, tests, benchmarks): the presets own
+    every default, so a configured object is built as ``jepa train`` builds it, e.g.
+    ``build_preset("data=images", "data.image_size=64", urls="/data/shards", batch_size=32)``. ``overrides`` are
+    command-line overrides of the composed config; ``node`` a key inside the group (``callbacks.nonfinite_guard``);
+    ``kwargs`` replace values of the node (objects too)."""
+    key = node or option.split("=", 1)[0].replace("/", ".")
+    cfg = compose_config([option, *overrides])
+    return build(OmegaConf.select(cfg, key), key, **kwargs)
 
 
 def parse_value(text: str) -> Any:

@@ -147,8 +147,13 @@ def load_exported(path: str | Path, with_preprocessing: bool = False) -> nn.Modu
         raise CheckpointError(f"{path} is not a jepa export file (format {FORMAT}): write one with jepa export <run>")
     if "timm_name" in record:
         config = record["encoder_config"]
-        encoder = TimmEncoder(
-            record["timm_name"], small_stem=record["small_stem"], in_chans=record["timm_kwargs"]["in_chans"], model_kwargs=config.get("model_kwargs")
+        encoder = TimmEncoder(  # the architecture of the file; its weights below (never hub weights)
+            record["timm_name"],
+            pretrained=False,
+            small_stem=record["small_stem"],
+            in_chans=record["timm_kwargs"]["in_chans"],
+            model_kwargs=config.get("model_kwargs"),
+            channels_last=False,
         )
         encoder.model.load_state_dict(record["state_dict"])
     else:

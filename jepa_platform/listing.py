@@ -34,7 +34,7 @@ def render() -> str:
     lines += ["  presets in conf/encoder: " + ", ".join(_encoder_presets())]
     lines += ["", *_section("planners (jepa plan RUN --planners NAME,...):", PLANNERS)]
     lines += ["", *_section("environments (jepa data collect NAME OUT_DIR; any gymnasium id works too):", ENVIRONMENTS)]
-    lines += ["", "A name without a YAML file in conf/ gets a config generated from its constructor's defaults."]
+    lines += ["", "Settings live in YAML: conf/<group>/<name>.yaml here, <package>/conf/<group>/<name>.yaml in a plugin."]
     return "\n".join(lines)
 
 

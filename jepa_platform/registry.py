@@ -8,8 +8,9 @@ registry is listed or queried. A plugin that fails to import, or whose entry poi
 skipped with a warning so that the rest still work; a name registered twice by different classes raises
 :class:`RegistryError`.
 
-Configs point ``_target_`` at classes; the registry serves ``jepa list``, notebooks, contract tests, and the
-generated config of a registered class that has no YAML file in ``conf/`` (:func:`default_config`).
+Configs point ``_target_`` at classes; the registry serves ``jepa list``, notebooks and contract tests. A plugin
+ships its settings as YAML in its package (``<package>/conf/<group>/<name>.yaml``, :func:`plugin_package_dirs`),
+as the built-ins do in ``conf/``.
 
 :meth:`Registry.declarations` answers "which names exist, and what are they" without importing anything: it reads
 the built-ins' decorators and the plugins' classes from their source files. Importing an objective pulls in torch,
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from hydra.utils import get_object
 
@@ -231,52 +232,15 @@ register_encoder = ENCODERS.register
 register_planner = PLANNERS.register
 register_environment = ENVIRONMENTS.register
 
-# Constructor arguments that a generated objective config wires to the rest of the config.
-_WIRED = {"encoder": "${encoder}", "optimizer": "${optimizer}"}
 
-
-def _init_parameters(cls: type) -> list[inspect.Parameter]:
-    """Constructor parameters, following ``**kwargs`` up to the base classes that receive them."""
-    params: list[inspect.Parameter] = []
-    seen: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
+def plugin_package_dirs(registry: Registry) -> list[Path]:
+    """The folders of the top-level packages that declare this registry's plugins (without importing them)."""
+    found = []
+    for ep in entry_points(group=registry.group):
+        top = ep.value.partition(":")[0].split(".")[0]
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
             continue
-        forwards = False
-        for p in list(inspect.signature(init).parameters.values())[1:]:
-            if p.kind is p.VAR_KEYWORD:
-                forwards = True
-            elif p.kind is not p.VAR_POSITIONAL and p.name not in seen:
-                seen.add(p.name)
-                params.append(p)
-        if not forwards:
-            break
-    return params
-
-
-def _yaml_value(value: Any) -> tuple[bool, Any]:
-    if value is None or isinstance(value, bool | int | float | str):
-        return True, value
-    if isinstance(value, list | tuple) and all(v is None or isinstance(v, bool | int | float | str) for v in value):
-        return True, list(value)
-    return False, None
-
-
-def default_config(cls: type, wire: bool = True) -> dict[str, Any]:
-    """A Hydra node for ``cls`` from its constructor: defaults as values, required arguments as ``???``.
-
-    With ``wire``, ``encoder`` and ``optimizer`` interpolate the config's encoder and optimizer, as the YAML files of
-    built-in objectives do. Defaults that YAML cannot hold are left to the constructor.
-    """
-    node: dict[str, Any] = {"_target_": f"{cls.__module__}.{cls.__qualname__}"}
-    for p in _init_parameters(cls):
-        if wire and p.name in _WIRED:
-            node[p.name] = _WIRED[p.name]
-        elif p.default is inspect.Parameter.empty:
-            node[p.name] = "???"
-        else:
-            ok, value = _yaml_value(p.default)
-            if ok:
-                node[p.name] = value
-    return node
+        found += [Path(location) for location in (spec.submodule_search_locations or [])] if spec else []
+    return found

@@ -59,7 +59,7 @@ class EmbeddingPlots(Callback):
         max_energies: per-sample energies kept per level for the histogram (the epoch's latest ones).
     """
 
-    def __init__(self, max_energies: int = 8192) -> None:
+    def __init__(self, max_energies: int) -> None:
         self.max_energies = max_energies
         self._energies: dict[str, list[Tensor]] = {}
         self._level_history: dict[str, list[tuple[int, float]]] = {}
@@ -131,7 +131,7 @@ class EncoderModel(Callback):
         artifact_path: where in the run's artifacts the model goes.
     """
 
-    def __init__(self, artifact_path: str = "encoder") -> None:
+    def __init__(self, artifact_path: str) -> None:
         self.artifact_path = artifact_path
         self._example: Tensor | None = None
 
@@ -191,7 +191,7 @@ class SystemMonitor(Callback):
         every_n_seconds: how often ``system/*`` is sampled during training.
     """
 
-    def __init__(self, every_n_seconds: float = 30.0) -> None:
+    def __init__(self, every_n_seconds: float) -> None:
         self.every_n_seconds = every_n_seconds
         self._epoch_start = self._last_batch_end = self._next_sample = 0.0
         self._samples = 0

@@ -69,7 +69,7 @@ class OnlineProbe(Callback):
         weight_decay: AdamW weight decay.
     """
 
-    def __init__(self, num_classes: int | None = None, lr: float = 1e-3, weight_decay: float = 0.0) -> None:
+    def __init__(self, num_classes: int | None, lr: float, weight_decay: float) -> None:
         self.num_classes, self.lr, self.weight_decay = num_classes, lr, weight_decay
         self.heads: nn.ModuleDict | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -150,7 +150,7 @@ class KNNMonitor(Callback):
         temperature: temperature of the vote's weights.
     """
 
-    def __init__(self, num_classes: int | None = None, k: int = 20, temperature: float = 0.07) -> None:
+    def __init__(self, num_classes: int | None, k: int, temperature: float) -> None:
         self.num_classes, self.k, self.temperature = num_classes, k, temperature
         self.metric: KNNAccuracy | None = None
 
@@ -193,7 +193,7 @@ class EmbeddingMonitor(Callback):
             ``N^2 D`` over the gathered rows).
     """
 
-    def __init__(self, every_n_steps: int | None = None, dead_threshold: float = 1e-3, max_rows: int = 4096) -> None:
+    def __init__(self, every_n_steps: int | None, dead_threshold: float, max_rows: int) -> None:
         self.every_n_steps, self.dead_threshold = every_n_steps, dead_threshold
         self.val_stats: dict[str, EmbeddingStats] = {}
         self.val_uniformity: dict[str, AlignmentUniformity] = {}

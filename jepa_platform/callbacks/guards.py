@@ -81,7 +81,7 @@ class NonFiniteGuard(Callback):
         max_consecutive: under ``skip``, bad steps in a row after which the run stops.
     """
 
-    def __init__(self, policy: str = "stop", check_every_n_steps: int = 10, max_consecutive: int = 5) -> None:
+    def __init__(self, policy: str, check_every_n_steps: int, max_consecutive: int) -> None:
         if policy not in POLICIES:
             raise ValueError(f"callbacks.nonfinite_guard.policy={policy!r} is not one of {', '.join(POLICIES)}")
         if check_every_n_steps < 1 or max_consecutive < 1:
@@ -189,7 +189,7 @@ class CollapseMonitor(Callback):
         where: the statistics group to read (``emb`` or ``repr``).
     """
 
-    def __init__(self, min_rank: float = 2.0, min_std: float = 1e-3, patience: int = 3, stop: bool = False, where: str = "emb") -> None:
+    def __init__(self, min_rank: float, min_std: float, patience: int, stop: bool, where: str) -> None:
         if patience < 1:
             raise ValueError("callbacks.collapse_monitor.patience must be >= 1")
         self.min_rank, self.min_std, self.patience, self.stop, self.where = min_rank, min_std, patience, stop, where

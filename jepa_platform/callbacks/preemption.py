@@ -73,7 +73,7 @@ class Preemption(Checkpoint):
         requeue_signals: signal names that ask for a requeue (SLURM's time-limit warning by default).
     """
 
-    def __init__(self, check_every_n_steps: int = 1, requeue: str = "auto", requeue_signals: tuple[str, ...] = ("SIGUSR1",)) -> None:
+    def __init__(self, check_every_n_steps: int, requeue: str, requeue_signals: tuple[str, ...]) -> None:
         if check_every_n_steps < 1:
             raise ValueError("callbacks.preemption.check_every_n_steps must be >= 1")
         if requeue not in ("auto", "never"):

@@ -46,7 +46,7 @@ class ActionConditionedPredictor(nn.Module):
         history: embeddings the prediction sees, the current one included (1: the current one only).
     """
 
-    def __init__(self, dim: int, action_dim: int, hidden: int = 256, depth: int = 3, history: int = 1) -> None:
+    def __init__(self, dim: int, action_dim: int, hidden: int, depth: int, history: int = 1) -> None:
         super().__init__()
         self.dim, self.action_dim, self.history = dim, action_dim, history
         cond_in = action_dim + (history - 1) * dim

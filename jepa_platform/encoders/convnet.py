@@ -27,7 +27,7 @@ class ConvEncoder(nn.Module):
         embed_dim: width of the features (``num_features``).
     """
 
-    def __init__(self, image_size: int = 64, in_chans: int = 3, channels: Sequence[int] = (16, 32, 64, 64), embed_dim: int = 128) -> None:
+    def __init__(self, image_size: int, in_chans: int, channels: Sequence[int], embed_dim: int) -> None:
         super().__init__()
         side = image_size // 2 ** len(channels)
         if side < 1 or image_size % 2 ** len(channels):

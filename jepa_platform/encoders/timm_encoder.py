@@ -47,11 +47,11 @@ class TimmEncoder(nn.Module):
     def __init__(
         self,
         name: str,
-        pretrained: bool = False,
-        small_stem: bool = False,
-        in_chans: int = 3,
-        model_kwargs: dict[str, Any] | None = None,
-        channels_last: bool = False,
+        pretrained: bool,
+        small_stem: bool,
+        in_chans: int,
+        model_kwargs: dict[str, Any] | None,
+        channels_last: bool,
     ) -> None:
         super().__init__()
         if not timm.is_model(name):

@@ -56,9 +56,9 @@ def covariance(z: Tensor) -> Tensor:
 def vicreg(
     z1: Tensor,
     z2: Tensor,
-    sim_weight: float = 25.0,
-    var_weight: float = 25.0,
-    cov_weight: float = 1.0,
+    sim_weight: float,
+    var_weight: float,
+    cov_weight: float,
 ) -> LossOutput:
     """VICReg (Bardes, Ponce, LeCun 2022): invariance + variance and covariance of each branch.
 
@@ -74,7 +74,7 @@ def vicreg(
     return LossOutput(total, terms)
 
 
-def info_nce(z1: Tensor, z2: Tensor, temperature: float = 0.1, anchors: slice | None = None) -> Tensor:
+def info_nce(z1: Tensor, z2: Tensor, temperature: float, anchors: slice | None = None) -> Tensor:
     """SimCLR's NT-Xent (Chen et al. 2020) over the 2N embeddings of N positive pairs.
 
     Each embedding is an anchor whose positive is its other view; the other 2N-2 embeddings are negatives.
@@ -107,7 +107,7 @@ def standardise(z: Tensor, eps: float = 1e-5) -> Tensor:
     return (z - z.mean(dim=-2, keepdim=True)) / torch.sqrt(z.var(dim=-2, unbiased=False, keepdim=True) + eps)
 
 
-def barlow_twins(z1: Tensor, z2: Tensor, lambda_offdiag: float = 0.0051) -> LossOutput:
+def barlow_twins(z1: Tensor, z2: Tensor, lambda_offdiag: float) -> LossOutput:
     """Barlow Twins (Zbontar et al. 2021), as the official code: cross-correlation of the standardised embeddings
     driven to the identity.
 
@@ -125,7 +125,7 @@ def barlow_twins(z1: Tensor, z2: Tensor, lambda_offdiag: float = 0.0051) -> Loss
     return LossOutput(terms["invariance"] + lambda_offdiag * terms["redundancy"], terms)
 
 
-def sigreg(z: Tensor, directions: Tensor, t_max: float = 3.0, knots: int = 17) -> Tensor:
+def sigreg(z: Tensor, directions: Tensor, t_max: float, knots: int) -> Tensor:
     """SIGReg (LeJEPA, Balestriero & LeCun 2025): distance of the embeddings from an isotropic Gaussian, sketched
     along random 1-D projections with the Epps-Pulley statistic.
 

@@ -27,14 +27,15 @@ class Regulariser(nn.Module):
         num_slices: random directions SIGReg projects on, drawn afresh each step.
         seed: the directions of step ``s`` come from a generator seeded with ``seed * 1_000_003 + s``: every rank
             draws the same ones without communicating.
+        t_max, knots: SIGReg's Epps-Pulley integration range ``[-t_max, t_max]`` and trapezoidal points on ``[0, t_max]``.
     """
 
-    def __init__(self, var_weight: float = 0.0, cov_weight: float = 0.0, sigreg_weight: float = 0.0, num_slices: int = 256, seed: int = 0) -> None:
+    def __init__(self, var_weight: float, cov_weight: float, sigreg_weight: float, num_slices: int, seed: int, t_max: float, knots: int) -> None:
         super().__init__()
         if min(var_weight, cov_weight, sigreg_weight) < 0 or num_slices < 1:
             raise ConfigError("regulariser weights must be >= 0 and num_slices >= 1")
         self.var_weight, self.cov_weight, self.sigreg_weight = var_weight, cov_weight, sigreg_weight
-        self.num_slices, self.seed = num_slices, seed
+        self.num_slices, self.seed, self.t_max, self.knots = num_slices, seed, t_max, knots
 
     @property
     def active(self) -> bool:
@@ -53,7 +54,7 @@ class Regulariser(nn.Module):
         if self.sigreg_weight:
             generator = torch.Generator(device=z.device).manual_seed(self.seed * 1_000_003 + step)
             directions = random_directions(z.shape[-1], self.num_slices, generator, z.device).to(z.dtype)
-            terms["sigreg"] = sigreg(z, directions)
+            terms["sigreg"] = sigreg(z, directions, self.t_max, self.knots)
             total = total + self.sigreg_weight * terms["sigreg"]
         return terms, total
 

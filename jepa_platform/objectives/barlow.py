@@ -28,8 +28,8 @@ class BarlowTwins(JointEmbeddingObjective):
         self,
         encoder: nn.Module,
         optimizer: OptimizerFactory,
-        projector_dims: Sequence[int] = (8192, 8192, 8192),
-        lambda_offdiag: float = 0.0051,
+        projector_dims: Sequence[int],
+        lambda_offdiag: float,
         **kwargs,
     ) -> None:
         super().__init__(encoder, optimizer, projector_dims, **kwargs)

@@ -77,7 +77,8 @@ class Objective(L.LightningModule):
         weight_decay: decay of weight matrices (biases and norm parameters get none).
         warmup_frac: fraction of all optimiser steps spent in linear warmup.
         min_lr_ratio: final LR of the cosine schedule, relative to the peak.
-        feature_dim: width of the representation that probes and statistics see (default: the encoder's).
+        feature_dim: width of the representation that probes and statistics see (default: the encoder's); set by
+            subclasses whose representation is not the encoder's output (H-JEPA's concatenated levels), not by configs.
         lr_scaling: ``none``, ``linear`` or ``sqrt``: the optimiser's learning rate is the configured one times
             ``(global batch / reference_batch_size)`` (or its square root), with global batch = per-rank batch x
             ranks x gradient-accumulation steps.
@@ -96,14 +97,14 @@ class Objective(L.LightningModule):
         self,
         encoder: nn.Module,
         optimizer: OptimizerFactory,
-        weight_decay: float = 1e-6,
-        warmup_frac: float = 0.1,
-        min_lr_ratio: float = 0.0,
+        weight_decay: float,
+        warmup_frac: float,
+        min_lr_ratio: float,
+        lr_scaling: str,
+        reference_batch_size: int,
+        compile_encoder: bool,
+        compile_loss: bool,
         feature_dim: int | None = None,
-        lr_scaling: str = "none",
-        reference_batch_size: int = 256,
-        compile_encoder: bool = False,
-        compile_loss: bool = False,
     ) -> None:
         if lr_scaling not in LR_SCALING:
             raise ConfigError(f"objective.lr_scaling={lr_scaling!r} is not one of {', '.join(LR_SCALING)}")
@@ -284,8 +285,8 @@ class JointEmbeddingObjective(SelfSupervisedObjective):
         self,
         encoder: nn.Module,
         optimizer: OptimizerFactory,
-        projector_dims: Sequence[int] = (2048, 2048, 2048),
-        projector_norm: str = "batch",
+        projector_dims: Sequence[int],
+        projector_norm: str,
         **kwargs: Any,
     ) -> None:
         super().__init__(encoder, optimizer, **kwargs)

@@ -132,8 +132,8 @@ class HJEPA(MaskedJEPA):
         self,
         encoder: nn.Module,
         optimizer: OptimizerFactory,
-        levels: Sequence[Mapping[str, Any]] = DEFAULT_LEVELS,
-        detach_levels: bool = False,
+        levels: Sequence[Mapping[str, Any]],
+        detach_levels: bool,
         **kwargs: Any,
     ) -> None:
         specs = [_level(i, spec) for i, spec in enumerate(levels)]

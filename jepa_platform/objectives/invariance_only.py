@@ -28,8 +28,8 @@ class InvarianceOnly(JointEmbeddingObjective):
         self,
         encoder: nn.Module,
         optimizer: OptimizerFactory,
-        projector_dims: Sequence[int] = (2048, 2048, 2048),
-        projector_norm: str = "none",
+        projector_dims: Sequence[int],
+        projector_norm: str,
         **kwargs: Any,
     ) -> None:
         # no BatchNorm in the projector by default: batch statistics would themselves resist collapse

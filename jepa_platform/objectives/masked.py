@@ -65,16 +65,14 @@ class MaskedJEPA(SelfSupervisedObjective):
         self,
         encoder: nn.Module,
         optimizer: OptimizerFactory,
-        loss: str = "smooth_l1",
-        momentum_start: float = 0.996,
-        momentum_end: float = 1.0,
-        eval_encoder: str = "target",
-        regulariser: Regulariser | None = None,
-        target_view: int = 0,
-        weight_decay: float = 0.05,
+        loss: str,
+        momentum_start: float,
+        momentum_end: float,
+        eval_encoder: str,
+        regulariser: Regulariser | None,
+        target_view: int,
         **kwargs: Any,
     ) -> None:
-        kwargs["weight_decay"] = weight_decay  # transformer recipes decay far more than the joint-embedding ones
         if not getattr(encoder, "is_vit", False):
             name = getattr(encoder, "name", type(encoder).__name__)
             raise ConfigError(

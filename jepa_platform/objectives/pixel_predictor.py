@@ -46,7 +46,7 @@ class PixelPredictor(EMAJEPA):
         **kwargs: :class:`~jepa_platform.objectives.EMAJEPA` arguments (the EMA ones are unused).
     """
 
-    def __init__(self, encoder: nn.Module, optimizer: OptimizerFactory, loss: str = "l2", normalise_patches: bool = False, **kwargs: Any) -> None:
+    def __init__(self, encoder: nn.Module, optimizer: OptimizerFactory, loss: str, normalise_patches: bool, **kwargs: Any) -> None:
         kwargs["eval_encoder"] = "context"
         super().__init__(encoder, optimizer, loss=loss, **kwargs)
         self.target = None  # no target encoder: the targets are pixels

@@ -30,8 +30,8 @@ class SimCLR(JointEmbeddingObjective):
         self,
         encoder: nn.Module,
         optimizer: OptimizerFactory,
-        projector_dims: Sequence[int] = (2048, 128),
-        temperature: float = 0.1,
+        projector_dims: Sequence[int],
+        temperature: float,
         **kwargs,
     ) -> None:
         super().__init__(encoder, optimizer, projector_dims, **kwargs)

@@ -26,10 +26,10 @@ class VICReg(JointEmbeddingObjective):
         self,
         encoder: nn.Module,
         optimizer: OptimizerFactory,
-        projector_dims: Sequence[int] = (2048, 2048, 2048),
-        sim_weight: float = 25.0,
-        var_weight: float = 25.0,
-        cov_weight: float = 1.0,
+        projector_dims: Sequence[int],
+        sim_weight: float,
+        var_weight: float,
+        cov_weight: float,
         **kwargs,
     ) -> None:
         super().__init__(encoder, optimizer, projector_dims, **kwargs)

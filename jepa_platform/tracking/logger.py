@@ -96,13 +96,13 @@ class RunLogger(MLFlowLogger):
 
     def __init__(
         self,
-        connect_timeout: float = 15.0,
+        connect_timeout: float,
+        retry_every: float,
+        request_timeout: float,
+        request_retries: int,
         resume_step: int | None = None,
         resume_checkpoint: str | None = None,
         outbox_dir: str | Path | None = None,
-        retry_every: float = 30.0,
-        request_timeout: float = 10.0,
-        request_retries: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

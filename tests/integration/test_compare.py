@@ -25,8 +25,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> dict:
     runs = root / "runs"
     args = ["train", "-m", "debug=fast", f"paths.runs_dir={runs}", f"paths.data_dir={data_root}", "objective=vicreg,simclr", "seed=0,1"]
     args += ["++trainer.limit_train_batches=4", "++trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", "final_eval=true"]
-    args += ["callbacks.encoder_model={_target_:jepa_platform.callbacks.EncoderModel}"]
-    args += ["callbacks.embedding_plots={_target_:jepa_platform.callbacks.EmbeddingPlots}"]
+    args += ["callbacks=default"]  # the encoder model and the figures too
     result = run_jepa(args)
     assert result.returncode == 0, result.stderr[-3000:]
     uri = f"sqlite:///{runs / 'mlflow.db'}"

@@ -10,9 +10,9 @@ import torch
 from support.data import epoch_keys_by_rank, write_tar
 from torchvision.transforms import v2
 
-from data_modules import ImageDataModule
 from data_modules.shapes import encode_png, render
 from data_modules.stream import exact_batches_per_rank
+from jepa_platform.config import build_preset
 
 SHARD_SIZES = [37, 50, 64, 23, 80, 41, 55]  # unequal, as real shards are; 350 samples, no manifest (sizes by tar scan)
 
@@ -72,7 +72,16 @@ def test_lightning_resume_mid_epoch_continues_the_same_batches(tiny_dataset: Pat
     augment = v2.Compose([v2.RandomResizedCrop(32, scale=(0.3, 1.0)), v2.ColorJitter(0.4, 0.4), v2.ToDtype(torch.float32, scale=True)])
 
     def fit(ckpt_path: str | None = None) -> list[tuple[int, int, str, float]]:
-        dm = ImageDataModule(str(tiny_dataset), batch_size=32, num_workers=2, shuffle_buffer=64, view_transform=augment, augment_on=augment_on)
+        dm = build_preset(
+            "data=images",
+            "data.urls=x",
+            urls=str(tiny_dataset),
+            batch_size=32,
+            num_workers=2,
+            shuffle_buffer=64,
+            view_transform=augment,
+            augment_on=augment_on,
+        )
         every_5 = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5, save_top_k=-1, filename="{step}")
         epochs = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_epochs=1, save_top_k=-1, filename="end-{epoch}")
         trainer = L.Trainer(

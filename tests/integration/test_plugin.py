@@ -52,3 +52,19 @@ def test_a_broken_plugin_warns_and_the_rest_still_work(site: Path, tmp_path: Pat
     assert listing.returncode == 0
     assert "skipping objective plugin 'broken' from brokenplug" in listing.stderr
     assert "simsiam" in listing.stdout and "vicreg" in listing.stdout
+
+
+def test_a_plugin_without_its_config_is_a_one_line_error(tmp_path: Path, data_root: Path):
+    """A plugin's settings live in its package's conf/<group>/<name>.yaml; one that ships none says so and what to add."""
+    plug = tmp_path / "noconf"
+    (plug / "noconfplug").mkdir(parents=True)
+    (plug / "noconfplug" / "__init__.py").write_text("")
+    dist = plug / "noconfplug-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: noconfplug\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[jepa_platform.objectives]\nnoconf = noconfplug:Objective\n")
+    run = _jepa("train", "objective=noconf", "debug=fast", pythonpath=[plug], cwd=tmp_path, data=data_root)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == (
+        "error: objective 'noconf' (plugin: noconfplug) ships no config: add conf/objective/noconf.yaml to its package (docs/adding-an-objective.md)"
+    )

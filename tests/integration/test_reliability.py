@@ -21,6 +21,7 @@ from support.data import write_tar
 
 from data_modules.urls import tar_has_end
 from jepa_platform.callbacks import NonFiniteGuard, TrainingDiverged
+from jepa_platform.config import build_preset
 
 COLLAPSE = ["debug=fast", "optimizer=adamw", "optimizer.lr=5e-3", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false"]
 
@@ -38,6 +39,11 @@ def jepa_here(tmp_path: Path, data_root: Path):
         return result.returncode, result.stdout + result.stderr
 
     return run
+
+
+def _guard(**kwargs: object) -> NonFiniteGuard:
+    """The non-finite guard as conf/callbacks/default.yaml configures it, with ``kwargs`` replacing its values."""
+    return build_preset("callbacks=default", node="callbacks.nonfinite_guard", **kwargs)
 
 
 def _jepa(*args: str, runs: Path, data_root: Path, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
@@ -96,21 +102,21 @@ def _fit(guard: NonFiniteGuard, tmp_path: Path, at: int, checkpoint_every: int =
 
 def test_nonfinite_guard_stop_names_the_step_without_reading_every_step(tmp_path: Path):
     with pytest.raises(TrainingDiverged, match="non-finite at step 3 "):
-        _fit(NonFiniteGuard("stop", check_every_n_steps=5), tmp_path, at=3)
+        _fit(_guard(policy="stop", check_every_n_steps=5), tmp_path, at=3)
 
 
 def test_nonfinite_guard_checks_before_every_checkpoint(tmp_path: Path):
     # the device flag is read only every 1000 steps, but the checkpoint at step 4 comes first: nothing is written
     with pytest.raises(TrainingDiverged, match="non-finite at step 3 "):
-        _fit(NonFiniteGuard("stop", check_every_n_steps=1000), tmp_path, at=3, checkpoint_every=2)
+        _fit(_guard(policy="stop", check_every_n_steps=1000), tmp_path, at=3, checkpoint_every=2)
     assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["step=2.ckpt"]
 
 
 def test_nonfinite_guard_skip_leaves_the_weights_and_counts(tmp_path: Path):
-    guard = NonFiniteGuard("skip", max_consecutive=3)
+    guard = _guard(policy="skip", max_consecutive=3)
     _trainer, model = _fit(guard, tmp_path, at=3)
     assert guard.skipped == 1 and torch.isfinite(model.w).all()
-    _ref_trainer, ref = _fit(NonFiniteGuard("skip"), tmp_path, at=-1)
+    _ref_trainer, ref = _fit(_guard(policy="skip"), tmp_path, at=-1)
     assert not torch.equal(model.w, ref.w)  # one step fewer was taken
 
 

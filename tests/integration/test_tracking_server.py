@@ -41,7 +41,7 @@ def _train_through_outages(
     monkeypatch.setattr(MLFlowLogger, "log_metrics", spy)
     outage = ["+callbacks.outage._target_=support.mlflow_server.ServerOutage", f"+callbacks.outage.root={server.root}"]
     outage += [f"+callbacks.outage.port={server.port}", f"+callbacks.outage.kill_at={kill_at}", f"+callbacks.outage.restart_at={restart_at}"]
-    outage += ["callbacks.embedding_plots={_target_:jepa_platform.callbacks.EmbeddingPlots}"]  # artifacts through the outage too
+    outage += ["callbacks=default", "callbacks.encoder_model=null"]  # artifacts through the outage too
     train = ["train", "debug=fast", f"paths.runs_dir={runs}", f"paths.data_dir={data_root}", "++trainer.limit_train_batches=12"]
     train += ["trainer.enable_progress_bar=false"]
     result = run_jepa([*train, f"logger.tracking_uri={server.uri}", "logger.retry_every=1", "logger.request_retries=0", *outage])

@@ -41,10 +41,7 @@ from jepa_platform.testing.two_processes import (
 #: a short epoch: 4 steps of 2 x 32 images (2 x 16 clips for world models), 2 validation batches per loader
 SHORT = ("trainer.limit_train_batches=4", "trainer.limit_val_batches=2")
 #: the two default callbacks that the debug presets leave out for speed: back, so every default callback runs
-ALL_CALLBACKS = (
-    "callbacks.embedding_plots={_target_:jepa_platform.callbacks.EmbeddingPlots}",
-    "callbacks.encoder_model={_target_:jepa_platform.callbacks.EncoderModel}",
-)
+ALL_CALLBACKS = ("callbacks=default",)
 DEFAULT_CASES = [("ema_jepa", "ddp"), ("ac_jepa", "ddp"), ("vicreg", "fsdp"), ("ema_jepa", "fsdp"), ("ac_jepa", "fsdp")]
 ALL_CASES = [(name, strategy) for name in OBJECTIVES.names() for strategy in ("ddp", "fsdp")]
 

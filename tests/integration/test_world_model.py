@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from support.cli import run_jepa
 
+from jepa_platform.config import build_preset
+
 TINY_TRAIN = ["train", "experiment=two_rooms", "debug=fast_wm", "trainer.enable_progress_bar=false"]
 TINY_PLAN = [
     "--episodes",
@@ -67,9 +69,10 @@ def test_collect_writes_shards_with_actions_and_states(tmp_path: Path):
     assert "6 episodes, 60 frames" in done.stdout and "cross a door" in done.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["collection"]["env_kwargs"] == {"image_size": 32, "door_width": 0.3}
-    from data_modules.sequences import SequenceDataModule
 
-    dm = SequenceDataModule(str(out), clip_length=4, batch_size=2, num_workers=0, flatten_actions=True, image_size=32)
+    dm = build_preset(
+        "data=sequences", "data.urls=x", "data.image_size=32", urls=str(out), clip_length=4, batch_size=2, num_workers=0, flatten_actions=True
+    )
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["frames"].shape == (2, 4, 3, 32, 32) and batch["actions"].shape == (2, 3, 2) and batch["states"].shape == (2, 4, 2)

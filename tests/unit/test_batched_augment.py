@@ -11,6 +11,7 @@ from torchvision.transforms import v2
 
 from data_modules import ImageDataModule
 from data_modules.batched_augment import BatchedViews
+from jepa_platform.config import build_preset
 from jepa_platform.errors import ConfigError, DataError
 
 N = 1000
@@ -149,7 +150,7 @@ def test_device_datamodule_batches_raw_images_and_makes_views_after_transfer(dat
     assert len(out["views"]) == 2 and out["views"][0].shape == (cfg.data.batch_size, 3, 32, 32)
     assert "raw" not in out and torch.equal(out["label"], batch["label"])
     with pytest.raises(ConfigError, match=r"data.augment_on='gpu': use workers"):
-        ImageDataModule(urls=str(data_root), augment_on="gpu")
+        build_preset("data=images", "data.urls=x", urls=str(data_root), augment_on="gpu")
 
 
 def test_images_of_several_sizes_need_raw_size():

@@ -7,20 +7,21 @@ import functools
 import pytest
 import torch
 
-from jepa_platform.encoders import TimmEncoder
+from jepa_platform.config import build_preset
 from jepa_platform.errors import ConfigError
-from jepa_platform.objectives import EMAJEPA, VICReg
+from jepa_platform.objectives import VICReg
 
 
 def _vicreg(**kwargs) -> VICReg:
     torch.manual_seed(0)
-    return VICReg(TimmEncoder("test_resnet"), functools.partial(torch.optim.SGD, lr=0.1), projector_dims=[32, 32], **kwargs)
+    return build_preset(
+        "objective=vicreg", "encoder=tiny", "objective.projector_dims=[32,32]", optimizer=functools.partial(torch.optim.SGD, lr=0.1), **kwargs
+    )
 
 
 def test_compile_loss_needs_a_separate_loss():
     with pytest.raises(ConfigError, match=r"objective.compile_loss=true: EMAJEPA has no separate loss"):
-        vit = TimmEncoder("test_vit", model_kwargs={"img_size": 32, "patch_size": 4})
-        EMAJEPA(vit, functools.partial(torch.optim.SGD, lr=0.1), compile_loss=True)
+        build_preset("objective=ema_jepa", "encoder=vit_test", "data.image_size=32", compile_loss=True)
 
 
 @pytest.mark.slow  # inductor compiles C++ for the CPU: tens of seconds

@@ -57,6 +57,8 @@ def test_compose_and_instantiate(group: str, option: str, make_cfg, tiny_dataset
         overrides += [f"data.urls={tiny_sequences}", "data.image_size=16", "data.batch_size=4", "data.num_workers=0"]
     if group in ("debug", "hydra"):
         overrides = []  # debug=fast is already applied; the hydra group is composed by every run
+    if group == "encoder" and option == "timm":
+        overrides.append("encoder.name=test_resnet")  # the one value encoder=timm leaves to the command line
     if group == "trainer" and option == "gpu":
         overrides.append("trainer.accelerator=cpu")  # no GPU in CI: check the rest of the file
     own_data = group == "data" and option in ("images", "small_images", "small_images_gray", "sequences")

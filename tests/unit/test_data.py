@@ -19,6 +19,7 @@ from data_modules.shapes import CLASSES, encode_png, render
 from data_modules.shards import write_dataset_atomically
 from data_modules.stream import exact_batches_per_rank, worker_batches
 from data_modules.urls import MANIFEST, count_tar_samples, shard_sizes
+from jepa_platform.config import build_preset
 from jepa_platform.errors import ConfigError, DataError
 
 TO_FLOAT = v2.ToDtype(torch.float32, scale=True)
@@ -40,7 +41,7 @@ def _dm(urls, **kw) -> ImageDataModule:
         "shuffle_buffer": 64,
     }
     args.update(kw)
-    dm = ImageDataModule(str(urls), **args)
+    dm = build_preset("data=images", "data.urls=x", urls=str(urls), **args)
     dm.setup("fit")
     return dm
 
@@ -177,7 +178,7 @@ def test_multi_crop_views_and_collate_hook(tiny_dataset: Path):
     assert [tuple(v.shape[-2:]) for v in batch["views"]] == [(32, 32)] * 2 + [(12, 12)] * 3
     assert batch["masks"].shape == (32, 4)
     with pytest.raises(ConfigError, match="local_transform"):
-        ImageDataModule(str(tiny_dataset), num_local_crops=2)
+        build_preset("data=images", "data.urls=x", urls=str(tiny_dataset), num_local_crops=2, local_transform=None)
 
 
 def test_val_and_bank_loaders(tiny_dataset: Path):

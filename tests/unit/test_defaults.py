@@ -1,6 +1,8 @@
-"""One source of defaults: every registered class's constructor defaults agree with its YAML preset.
+"""One owner per default: the YAML presets in conf/ (and a plugin's in its package) hold every value they set, and
+the constructors they name take those values without a default of their own (docs/configuration.md).
 
-A plugin or notebook built from ``default_config`` must train the recipe that ``jepa train <group>=<name>`` trains.
+A second copy of a default in Python would drift from the YAML (VICReg's 25/25/1 once lived in four places); this
+test fails on the first such copy, for the built-ins and for every installed plugin's preset.
 """
 
 from __future__ import annotations
@@ -12,35 +14,48 @@ import pytest
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
-from jepa_platform.config import compose_config, config_dir
-from jepa_platform.registry import REGISTRIES, _init_parameters, default_config
+from jepa_platform.config import compose_config, group_options
 
-DATA_PRESETS = ("shapes", "moving_shapes", "images", "sequences")
+#: every option of the groups whose presets name classes; data presets that read the user's files get a stand-in path
+GROUPS = ("objective", "encoder", "data", "callbacks", "logger")
+PRESETS = [(g, o) for g in GROUPS for o in group_options(g)]
+NEEDS_URLS = ("images", "small_images", "small_images_gray", "sequences")
 
 
-def _presets() -> list[tuple[str, str]]:
+def _nodes(node: Any, path: str):
+    """``(path, node)`` of every node with a ``_target_`` of the platform, its data modules or a plugin package."""
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if isinstance(target, str) and not target.startswith(("torch", "torchvision", "lightning", "hydra", "kornia", "timm")):
+            yield path, node
+        for key, value in node.items():
+            yield from _nodes(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _nodes(value, f"{path}[{i}]")
+
+
+def _defaults_in_python(cls: type, held: set[str]) -> list[str]:
+    """Constructor arguments that the preset holds and that also have a Python default, along ``**kwargs`` chains."""
     out = []
-    for group, registry in REGISTRIES.items():
-        out += [(group, e.name) for e in registry if (config_dir() / group / f"{e.name}.yaml").is_file()]
-    return out + [("data", name) for name in DATA_PRESETS]
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass.__module__.split(".")[0] in ("torch", "lightning", "builtins"):
+            continue
+        params = list(inspect.signature(init).parameters.values())[1:]
+        out += [f"{klass.__name__}.{p.name}" for p in params if p.name in held and p.default is not inspect.Parameter.empty]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return out
 
 
-def _disagreements(cls: type, node: dict[str, Any], own_only: bool) -> dict[str, tuple[Any, Any]]:
-    """Keys whose Python default (not ``None``, which means "derived from the other arguments") differs from the YAML."""
-    python = default_config(cls, wire=False)
-    names = {p.name for p in _init_parameters(cls)}
-    if own_only:  # data presets are dataset recipes: they must agree on what their class itself declares
-        names &= set(inspect.signature(cls.__init__).parameters)
-    return {
-        key: (python[key], node[key])
-        for key in names & python.keys() & node.keys()
-        if python[key] not in ("???", None) and not (isinstance(node[key], str) and "${" in node[key]) and python[key] != node[key]
-    }
-
-
-@pytest.mark.parametrize(("group", "name"), _presets(), ids=lambda v: str(v))
-def test_yaml_preset_agrees_with_the_constructor(group: str, name: str):
-    cfg = compose_config([f"{group}={name}", "data.urls=/tmp/x", "data.image_size=32"] if name in ("images",) else [f"{group}={name}"])
-    raw = OmegaConf.to_container(cfg[group], resolve=False)
-    cls = get_object(raw["_target_"])
-    assert _disagreements(cls, raw, own_only=group == "data") == {}, f"conf/{group}/{name}.yaml and {cls.__name__}'s defaults disagree (python, yaml)"
+@pytest.mark.parametrize(("group", "option"), PRESETS, ids=[f"{g}={o}" for g, o in PRESETS])
+def test_each_value_a_preset_sets_lives_only_in_the_preset(group: str, option: str):
+    overrides = [f"{group}={option}"] + (["data.urls=/x"] if group == "data" and option in NEEDS_URLS else [])
+    raw = OmegaConf.to_container(compose_config(overrides)[group], resolve=False)
+    copies = []
+    for path, node in _nodes(raw, group):
+        cls = get_object(node["_target_"])
+        if inspect.isclass(cls):
+            copies += [f"{path}: {c}" for c in _defaults_in_python(cls, set(node) - {"_target_", "_partial_"})]
+    assert not copies, f"conf/{group}/{option}.yaml sets values that the Python code also defaults: {copies}"

@@ -5,12 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jepa_platform.encoders import TimmEncoder, projector
+from jepa_platform.config import build_preset
+from jepa_platform.encoders import projector
 from jepa_platform.errors import ConfigError
 
 
+def _timm(name: str, **kwargs):
+    """A timm encoder from the encoder preset (the presets own every default), with ``kwargs`` replacing its values."""
+    return build_preset("encoder=timm", name=name, **kwargs)
+
+
 def test_pooled_and_token_features():
-    enc = TimmEncoder("test_resnet")
+    enc = _timm("test_resnet")
     x = torch.randn(2, 3, 32, 32)
     assert enc(x).shape == (2, enc.num_features)
     tokens = enc.forward_tokens(x)
@@ -19,25 +25,25 @@ def test_pooled_and_token_features():
 
 def test_small_stem_keeps_resolution():
     x = torch.randn(2, 3, 32, 32)
-    standard = TimmEncoder("resnet18").forward_tokens(x)
-    small = TimmEncoder("resnet18", small_stem=True).forward_tokens(x)
+    standard = _timm("resnet18").forward_tokens(x)
+    small = _timm("resnet18", small_stem=True).forward_tokens(x)
     assert standard.shape == (2, 1, 512)  # 32px / 32 stride
     assert small.shape == (2, 16, 512)  # 32px / 8 stride: 4x4 cells
 
 
 def test_vit_tokens_drop_prefix_tokens():
-    enc = TimmEncoder("test_vit", model_kwargs={"img_size": 32, "patch_size": 4})
+    enc = _timm("test_vit", model_kwargs={"img_size": 32, "patch_size": 4})
     assert enc.forward_tokens(torch.randn(2, 3, 32, 32)).shape[1] == 64
 
 
 def test_unknown_model_suggests_names():
     with pytest.raises(ConfigError, match=r"resnet19.*did you mean.*resnet1"):
-        TimmEncoder("resnet19")
+        _timm("resnet19")
 
 
 def test_small_stem_on_vit_is_a_config_error():
     with pytest.raises(ConfigError, match="small_stem"):
-        TimmEncoder("test_vit", small_stem=True)
+        _timm("test_vit", small_stem=True)
 
 
 def test_projector_layers():
@@ -49,8 +55,8 @@ def test_projector_layers():
 
 def test_channels_last_is_the_same_function_in_another_memory_layout():
     torch.manual_seed(0)
-    plain = TimmEncoder("resnet18").eval()
-    nhwc = TimmEncoder("resnet18", channels_last=True).eval()
+    plain = _timm("resnet18").eval()
+    nhwc = _timm("resnet18", channels_last=True).eval()
     nhwc.load_state_dict(plain.state_dict())
     assert nhwc.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 32, 32)

@@ -8,6 +8,9 @@ import torch
 
 from jepa_platform.losses import functional as LF
 
+#: the papers' settings, which the presets in conf/objective/ give the objectives
+VICREG = {"sim_weight": 25.0, "var_weight": 25.0, "cov_weight": 1.0}
+
 
 def _reference_vicreg(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     _n, d = x.shape
@@ -35,7 +38,7 @@ def pair() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_vicreg_terms_match_reference(pair):
     z1, z2 = pair
-    out = LF.vicreg(z1, z2)
+    out = LF.vicreg(z1, z2, **VICREG)
     ref = _reference_vicreg(z1.numpy(), z2.numpy())
     for name, value in ref.items():
         assert out.terms[name].item() == pytest.approx(value, rel=1e-9, abs=1e-12), name
@@ -44,14 +47,14 @@ def test_vicreg_terms_match_reference(pair):
 
 def test_weights_scale_terms(pair):
     z1, z2 = pair
-    a, b = LF.vicreg(z1, z2), LF.vicreg(z1, z2, sim_weight=1.0, var_weight=2.0, cov_weight=3.0)
+    a, b = LF.vicreg(z1, z2, **VICREG), LF.vicreg(z1, z2, sim_weight=1.0, var_weight=2.0, cov_weight=3.0)
     expected = a.terms["invariance"] + 2 * a.terms["variance"] + 3 * a.terms["covariance"]
     assert b.total.item() == pytest.approx(expected.item())
 
 
 def test_symmetric(pair):
     z1, z2 = pair
-    assert LF.vicreg(z1, z2).total.item() == pytest.approx(LF.vicreg(z2, z1).total.item(), rel=1e-12)
+    assert LF.vicreg(z1, z2, **VICREG).total.item() == pytest.approx(LF.vicreg(z2, z1, **VICREG).total.item(), rel=1e-12)
 
 
 def test_minimum_at_optimum():
@@ -60,15 +63,15 @@ def test_minimum_at_optimum():
     for _ in range(5):
         h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
     z = 2 * h[:, 1:17]  # 32 samples, 16 dims, each column +-2 with zero mean
-    out = LF.vicreg(z, z.clone())
+    out = LF.vicreg(z, z.clone(), **VICREG)
     assert out.total.item() == pytest.approx(0.0, abs=1e-6)
-    noisy = LF.vicreg(z, z + 0.1 * torch.randn_like(z))
+    noisy = LF.vicreg(z, z + 0.1 * torch.randn_like(z), **VICREG)
     assert noisy.total > out.total
 
 
 def test_collapse_is_penalised():
     z = torch.ones(32, 8) + 1e-3 * torch.randn(32, 8)
-    out = LF.vicreg(z, z.clone())
+    out = LF.vicreg(z, z.clone(), **VICREG)
     assert out.terms["variance"].item() == pytest.approx(1 - 1e-2, abs=1e-2)  # std ~ 0 -> hinge ~ 1
 
 
@@ -77,20 +80,20 @@ def test_batched_views_average_leading_dims(pair):
     stacked = torch.stack([z1, z2])
     assert LF.covariance(stacked).item() == pytest.approx((LF.covariance(z1) + LF.covariance(z2)).item() / 2)
     assert LF.variance(stacked).item() == pytest.approx((LF.variance(z1) + LF.variance(z2)).item() / 2)
-    out = LF.vicreg(stacked, stacked.flip(0))
+    out = LF.vicreg(stacked, stacked.flip(0), **VICREG)
     assert out.total.shape == ()
 
 
 def test_shape_errors():
     with pytest.raises(ValueError, match="same shape"):
-        LF.vicreg(torch.randn(8, 4), torch.randn(8, 5))
+        LF.vicreg(torch.randn(8, 4), torch.randn(8, 5), **VICREG)
     with pytest.raises(ValueError, match="N >= 2"):
-        LF.vicreg(torch.randn(1, 4), torch.randn(1, 4))
+        LF.vicreg(torch.randn(1, 4), torch.randn(1, 4), **VICREG)
 
 
 def test_gradients_flow_to_both_branches(pair):
     z1, z2 = (t.clone().requires_grad_(True) for t in pair)
-    LF.vicreg(z1, z2).total.backward()
+    LF.vicreg(z1, z2, **VICREG).total.backward()
     assert z1.grad is not None and z2.grad is not None
     assert torch.isfinite(z1.grad).all() and z1.grad.abs().sum() > 0
 
@@ -120,17 +123,17 @@ def test_info_nce_matches_reference(pair, temperature):
 
 def test_info_nce_symmetric_and_batched(pair):
     z1, z2 = pair
-    assert LF.info_nce(z1, z2).item() == pytest.approx(LF.info_nce(z2, z1).item(), rel=1e-12)
-    stacked = LF.info_nce(torch.stack([z1, z2]), torch.stack([z2, z1 * 2]))
-    assert stacked.item() == pytest.approx((LF.info_nce(z1, z2) + LF.info_nce(z2, z1 * 2)).item() / 2, rel=1e-12)
+    assert LF.info_nce(z1, z2, temperature=0.1).item() == pytest.approx(LF.info_nce(z2, z1, temperature=0.1).item(), rel=1e-12)
+    stacked = LF.info_nce(torch.stack([z1, z2]), torch.stack([z2, z1 * 2]), temperature=0.1)
+    assert stacked.item() == pytest.approx((LF.info_nce(z1, z2, temperature=0.1) + LF.info_nce(z2, z1 * 2, temperature=0.1)).item() / 2, rel=1e-12)
 
 
 def test_info_nce_anchor_slices_average_to_the_full_loss(pair):
     z1, z2 = pair
-    halves = [LF.info_nce(z1, z2, anchors=slice(i, i + 16)) for i in range(0, 64, 16)]
-    assert torch.stack(halves).mean().item() == pytest.approx(LF.info_nce(z1, z2).item(), rel=1e-12)
+    halves = [LF.info_nce(z1, z2, anchors=slice(i, i + 16), temperature=0.1) for i in range(0, 64, 16)]
+    assert torch.stack(halves).mean().item() == pytest.approx(LF.info_nce(z1, z2, temperature=0.1).item(), rel=1e-12)
     with pytest.raises(ValueError, match="contiguous"):
-        LF.info_nce(z1, z2, anchors=slice(0, 8, 2))
+        LF.info_nce(z1, z2, anchors=slice(0, 8, 2), temperature=0.1)
 
 
 def test_info_nce_minimum_at_aligned_orthogonal_views():
@@ -170,20 +173,22 @@ def test_barlow_matches_batchnorm_cross_correlation(pair):
     c = bn(z1).T @ bn(z2) / len(z1)
     on = (torch.diagonal(c) - 1).pow(2).sum()
     off = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
-    assert LF.barlow_twins(z1, z2).total.item() == pytest.approx((on + 0.0051 * off).item(), rel=1e-9)
+    assert LF.barlow_twins(z1, z2, lambda_offdiag=0.0051).total.item() == pytest.approx((on + 0.0051 * off).item(), rel=1e-9)
 
 
 def test_barlow_symmetric_minimal_at_optimum_and_batched(pair):
     z1, z2 = pair
-    assert LF.barlow_twins(z1, z2).total.item() == pytest.approx(LF.barlow_twins(z2, z1).total.item(), rel=1e-12)
+    assert LF.barlow_twins(z1, z2, lambda_offdiag=0.0051).total.item() == pytest.approx(
+        LF.barlow_twins(z2, z1, lambda_offdiag=0.0051).total.item(), rel=1e-12
+    )
     h = torch.tensor([[1.0]], dtype=torch.float64)
     for _ in range(5):
         h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
     z = h[:, 1:17]  # decorrelated, zero-mean, unit-variance columns: c = identity (up to BatchNorm's eps)
-    assert LF.barlow_twins(z, z.clone()).total.item() == pytest.approx(0.0, abs=1e-8)
-    assert LF.barlow_twins(z, z + 0.1 * torch.randn_like(z)).total > 1e-4
-    stacked = LF.barlow_twins(torch.stack([z1, z2]), torch.stack([z2, z1]))
-    assert stacked.total.item() == pytest.approx(LF.barlow_twins(z1, z2).total.item(), rel=1e-12)
+    assert LF.barlow_twins(z, z.clone(), lambda_offdiag=0.0051).total.item() == pytest.approx(0.0, abs=1e-8)
+    assert LF.barlow_twins(z, z + 0.1 * torch.randn_like(z), lambda_offdiag=0.0051).total > 1e-4
+    stacked = LF.barlow_twins(torch.stack([z1, z2]), torch.stack([z2, z1]), lambda_offdiag=0.0051)
+    assert stacked.total.item() == pytest.approx(LF.barlow_twins(z1, z2, lambda_offdiag=0.0051).total.item(), rel=1e-12)
 
 
 # -- SIGReg ------------------------------------------------------------------------------------------------------
@@ -210,7 +215,7 @@ def directions() -> torch.Tensor:
 def test_sigreg_matches_reference(pair, directions):
     z1, _ = pair
     ref = _reference_epps_pulley(z1.numpy(), directions.numpy(), 3.0, 17)
-    assert LF.sigreg(z1, directions).item() == pytest.approx(ref, rel=1e-9)
+    assert LF.sigreg(z1, directions, t_max=3.0, knots=17).item() == pytest.approx(ref, rel=1e-9)
 
 
 def test_sigreg_of_collapsed_embeddings_is_the_analytic_integral(directions):
@@ -223,20 +228,22 @@ def test_sigreg_of_collapsed_embeddings_is_the_analytic_integral(directions):
 def test_sigreg_prefers_isotropic_gaussian(directions):
     g = torch.Generator().manual_seed(2)
     gauss = torch.randn(2048, 16, generator=g, dtype=torch.float64)
-    assert LF.sigreg(gauss, directions) < 3.0  # O(1) for a true Gaussian sample
+    assert LF.sigreg(gauss, directions, t_max=3.0, knots=17) < 3.0  # O(1) for a true Gaussian sample
     rank_one = gauss[:, :1] * torch.ones(16, dtype=torch.float64)  # dimensional collapse at unit variance per dim
     for other in (0.2 * gauss, 3.0 * gauss, gauss + 1.0, rank_one):
-        assert LF.sigreg(other, directions) > 5 * LF.sigreg(gauss, directions)
+        assert LF.sigreg(other, directions, t_max=3.0, knots=17) > 5 * LF.sigreg(gauss, directions, t_max=3.0, knots=17)
 
 
 def test_sigreg_properties(pair, directions):
     z1, z2 = pair
-    assert LF.sigreg(z1, -directions).item() == pytest.approx(LF.sigreg(z1, directions).item(), rel=1e-9)
-    stacked = LF.sigreg(torch.stack([z1, z2]), directions)
-    assert stacked.item() == pytest.approx((LF.sigreg(z1, directions) + LF.sigreg(z2, directions)).item() / 2, rel=1e-12)
-    assert LF.sigreg(z1, directions).shape == ()
+    assert LF.sigreg(z1, -directions, t_max=3.0, knots=17).item() == pytest.approx(LF.sigreg(z1, directions, t_max=3.0, knots=17).item(), rel=1e-9)
+    stacked = LF.sigreg(torch.stack([z1, z2]), directions, t_max=3.0, knots=17)
+    assert stacked.item() == pytest.approx(
+        (LF.sigreg(z1, directions, t_max=3.0, knots=17) + LF.sigreg(z2, directions, t_max=3.0, knots=17)).item() / 2, rel=1e-12
+    )
+    assert LF.sigreg(z1, directions, t_max=3.0, knots=17).shape == ()
     with pytest.raises(ValueError, match="directions"):
-        LF.sigreg(z1, directions[:8])
+        LF.sigreg(z1, directions[:8], t_max=3.0, knots=17)
 
 
 def test_random_directions_are_unit_and_reproducible():
@@ -259,9 +266,9 @@ def test_multiview_invariance_reference():
 def test_new_losses_give_finite_gradients(pair, directions, loss):
     z1, z2 = (t.clone().requires_grad_(True) for t in pair)
     if loss == "sigreg":
-        value = LF.sigreg(torch.cat([z1, z2]), directions)
+        value = LF.sigreg(torch.cat([z1, z2]), directions, t_max=3.0, knots=17)
     else:
-        out = getattr(LF, loss)(z1, z2)
+        out = LF.info_nce(z1, z2, temperature=0.1) if loss == "info_nce" else LF.barlow_twins(z1, z2, lambda_offdiag=0.0051)
         value = out.total if isinstance(out, LF.LossOutput) else out
     value.backward()
     for z in (z1, z2):

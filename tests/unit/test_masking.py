@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
+from jepa_platform.config import build_preset
 from jepa_platform.errors import ConfigError
 from jepa_platform.masking import FutureMaskSampler, MaskCollate, MaskPlan, MultiBlockMaskSampler, block_size
 
@@ -120,9 +121,8 @@ def test_masks_are_sampled_in_dataloader_workers():
 
 def test_stream_masks_replay_exactly(tiny_dataset):
     """The stream seeds the collate per batch: the same epoch gives the same masks (and so does a resumed one)."""
-    from data_modules import ShapesDataModule
 
-    dm = ShapesDataModule(root=str(tiny_dataset.parent), num_train=512, num_val=256, samples_per_shard=128, batch_size=32, num_workers=2)
+    dm = build_preset("data=shapes", root=str(tiny_dataset.parent), num_train=512, num_val=256, samples_per_shard=128, batch_size=32, num_workers=2)
     dm.collate = MaskCollate({"jepa": MaskPlan(MultiBlockMaskSampler(), None)}, (4, 4), dm.collate)
     dm.setup("fit")
 

@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from jepa_platform.objectives import VICReg
-from jepa_platform.registry import BUILTIN, ENCODERS, OBJECTIVES, Registry, RegistryError, default_config
+from jepa_platform.registry import BUILTIN, ENCODERS, OBJECTIVES, Registry, RegistryError
 
 GROUP = "jepa_platform_test.objectives"
 
@@ -83,11 +82,11 @@ def test_every_builtin_objective_has_a_config_file():
     assert builtins <= files
 
 
-def test_default_config_follows_kwargs_to_the_base_class():
-    node = default_config(VICReg)
-    assert node["_target_"] == "jepa_platform.objectives.vicreg.VICReg"
-    assert node["encoder"] == "${encoder}" and node["optimizer"] == "${optimizer}"
-    assert node["sim_weight"] == 25.0 and node["projector_dims"] == [2048, 2048, 2048]
-    assert node["weight_decay"] == 1e-6 and node["projector_norm"] == "batch"  # from JointEmbeddingObjective
-    timm_node = OmegaConf.create(default_config(ENCODERS.get("timm").cls, wire=False))
-    assert OmegaConf.is_missing(timm_node, "name")  # required: encoder=timm encoder.name=<model>
+def test_plugins_configs_come_from_their_packages():
+    """The example plugin's YAML (in its package) is a group option and composes onto the platform's base presets."""
+    from jepa_platform.config import compose_config, group_options, plugin_config_dirs
+
+    assert any(d.parent.name == "jepa_plugin_example" for d in plugin_config_dirs())
+    assert "simsiam" in group_options("objective") and "small_convnet" in group_options("encoder")
+    cfg = compose_config(["objective=simsiam", "encoder=small_convnet"])
+    assert cfg.objective._target_ == "jepa_plugin_example.simsiam.SimSiam" and cfg.objective.projector_norm == "batch"

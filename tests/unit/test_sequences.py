@@ -11,13 +11,24 @@ from support.data import moving_square_episode
 
 from data_modules import SequenceDataModule
 from data_modules.sequences import write_episodes
+from jepa_platform.config import build_preset
 from jepa_platform.errors import ConfigError
 
 
 def _dm(urls: Path, **kw) -> SequenceDataModule:
-    args = {"clip_length": 3, "frame_skip": 2, "clips_per_episode": 2, "batch_size": 4, "num_workers": 0, "shuffle_buffer": 4}
+    args = {
+        "clip_length": 3,
+        "frame_skip": 2,
+        "clips_per_episode": 2,
+        "batch_size": 4,
+        "num_workers": 0,
+        "shuffle_buffer": 4,
+        "image_size": None,
+        "frame_transform": None,
+        "eval_transform": None,
+    }
     args.update(kw)
-    return SequenceDataModule(str(urls), **args)
+    return build_preset("data=sequences", "data.urls=x", urls=str(urls), **args)
 
 
 def test_clips_align_frames_actions_and_states(tiny_sequences: Path):

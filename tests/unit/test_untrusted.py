@@ -112,5 +112,5 @@ def test_run_config_checks_only_what_the_reading_commands_build(tmp_path):
     OmegaConf.save(OmegaConf.create(good), run / "config.yaml")
     assert load_run_config(run).callbacks.mine._target_ == "my_lab.callbacks.Mine"
     OmegaConf.save(OmegaConf.create({**good, "data": {"_target_": "os.system"}}), run / "config.yaml")
-    with pytest.raises(ConfigError, match="os.system"):
+    with pytest.raises(ConfigError, match=r"os\.system"):
         load_run_config(run)

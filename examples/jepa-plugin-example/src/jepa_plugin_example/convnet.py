@@ -12,7 +12,7 @@ class SmallConvNet(nn.Module):
     feature-map cells ``(B, H'W', num_features)`` for objectives that mask or predict tokens.
     """
 
-    def __init__(self, width: int = 32, in_chans: int = 3) -> None:
+    def __init__(self, width: int, in_chans: int) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_chans

@@ -32,8 +32,8 @@ class SimSiam(JointEmbeddingObjective):
         self,
         encoder: nn.Module,
         optimizer: OptimizerFactory,
-        projector_dims: Sequence[int] = (2048, 2048, 2048),
-        predictor_hidden_dim: int = 512,
+        projector_dims: Sequence[int],
+        predictor_hidden_dim: int,
         **kwargs,
     ) -> None:
         super().__init__(encoder, optimizer, projector_dims, **kwargs)
