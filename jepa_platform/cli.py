@@ -36,18 +36,32 @@ commands:
 
 
 def _train(args: list[str]) -> int:
-    # The config is composed and checked before the training stack (torch, Lightning, MLflow) is imported, so that
-    # help, --cfg and config errors answer at once.
-    from jepa_platform.config import prints_only, rewrite_trainer_overrides, run_app, validate
+    # The config is composed once and checked before the training stack (torch, Lightning, MLflow) is imported, so
+    # that help, --cfg and config errors answer at once. A multirun's launcher composes each job (on other machines,
+    # for SLURM), after every combination has been checked here.
+    from jepa_platform.config import is_multirun, prints_only, rewrite_trainer_overrides, run_app, run_once, validate
+    from jepa_platform.launch import rank_overrides
 
     args = rewrite_trainer_overrides(args)
-    validate(args)
-    if prints_only(args):
-        run_app(args, task=lambda cfg: None)
+    if prints_only(args) or is_multirun(args):
+        validate(args)
+        run_app(args, task=lambda cfg: None if prints_only(args) else _train_task(args)(cfg))
         return 0
+    args = [*args, *rank_overrides(args)]
+    run_once(args, task=lambda cfg: _train_task(args)(cfg), place=lambda cfg, overrides: _place(cfg, overrides))
+    return 0
+
+
+def _train_task(args: list[str]):  # imported once the config is known to be good
     from jepa_platform import train
 
-    return train.main(args)
+    return train.task(args)
+
+
+def _place(cfg, overrides: list[str]) -> None:
+    from jepa_platform.train import place_resumed_run
+
+    place_resumed_run(cfg, overrides)
 
 
 def _eval(args: list[str]) -> int:

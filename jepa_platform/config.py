@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, HydraException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from jepa_platform.errors import ConfigError, JepaError, one_line
@@ -253,6 +253,49 @@ def run_app(args: list[str], task: Callable[[DictConfig], None]) -> None:
     _app()
 
 
+def run_once(args: list[str], task: Callable[[DictConfig], None], place: Callable[[DictConfig, list[str]], None] | None = None) -> None:
+    """One ``jepa train`` run: compose its config once, with the checks that make every mistake one line (syntax,
+    group options, composition, resolution, run settings: a :class:`ConfigError`), let ``place`` adjust where it
+    runs (a resume continues in its checkpoint's run directory), then run ``task`` on it as Hydra runs a job: the
+    run directory, its ``.hydra/`` files and log, Hydra's callbacks. Nothing is imported for training before the
+    config is known to be good."""
+    from hydra._internal.callbacks import Callbacks  # Hydra's own app does the same; no public equivalent
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext, RunMode
+
+    conf = config_dir()
+    _flags, overrides = split_args(args)
+    _check_syntax(overrides)
+    _check_group_choices(overrides, conf)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        hydra = GlobalHydra.instance().hydra
+        try:
+            cfg = hydra.compose_config("train", overrides, run_mode=RunMode.RUN, from_shell=True, with_log_configuration=True)
+            with read_write(cfg.hydra), open_dict(cfg.hydra):  # run_job sets the run directory; this resolves the checks
+                cfg.hydra.runtime.output_dir = os.getcwd()
+            HydraConfig.instance().set_config(cfg)
+            job_config(cfg)
+            check_run_settings(cfg)
+        except (OmegaConfBaseException, ConfigCompositionException, MissingConfigException) as exc:
+            raise explain(exc, overrides, "train", conf) from exc
+        with read_write(cfg.hydra), open_dict(cfg.hydra):
+            cfg.hydra.mode = RunMode.RUN
+        if place is not None:
+            place(cfg, overrides)
+        callbacks = Callbacks(cfg)
+        callbacks.on_run_start(config=cfg, config_name="train")
+        context = HydraContext(config_loader=hydra.config_loader, callbacks=callbacks)
+        done = run_job(hydra_context=context, task_function=task, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None)
+        callbacks.on_run_end(config=cfg, config_name="train", job_return=done)
+        _ = done.return_value  # the task's exception, if it raised one
+
+
+def is_multirun(args: list[str]) -> bool:
+    flags, _ = split_args(args)
+    return bool({"-m", "--multirun"} & set(flags))
+
+
 def prints_only(args: list[str]) -> bool:
     """Whether Hydra only prints (help, ``--cfg``, ``--info``) and runs nothing."""
     flags, _ = split_args(args)
@@ -260,7 +303,8 @@ def prints_only(args: list[str]) -> bool:
 
 
 def validate(args: list[str], config_name: str = "train") -> None:
-    """Compose (every sweep combination of) the config and resolve it; raise a one-line ConfigError if it fails."""
+    """Compose every sweep combination of a multirun (or the config of ``--cfg``) and resolve it; raise a one-line
+    ConfigError if one fails. A single run is checked by :func:`run_once` as it composes."""
     flags, overrides = split_args(args)
     if any(f in _INFO_FLAGS or f in _OTHER_CONFIG_FLAGS for f in flags):
         return

@@ -54,9 +54,15 @@ def run_stamp() -> str:
     return shared_run_id() or datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 
+def first_set(value: object, default: object) -> object:
+    """``value`` unless it is null: ``${first_set:${generated.num_train},20000}`` (conf/train.yaml, ``generated``)."""
+    return default if value is None else value
+
+
 def register_resolvers() -> None:
-    """``${jepa_run_stamp:}`` for ``hydra.run.dir`` (conf/hydra/default.yaml)."""
+    """``${jepa_run_stamp:}`` for ``hydra.run.dir`` (conf/hydra/default.yaml) and ``${first_set:value,default}``."""
     OmegaConf.register_new_resolver("jepa_run_stamp", run_stamp, replace=True)
+    OmegaConf.register_new_resolver("first_set", first_set, replace=True)
 
 
 def rank_overrides(args: list[str]) -> list[str]:

@@ -11,18 +11,18 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.core.global_hydra import GlobalHydra
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from jepa_platform import signals
 from jepa_platform.callbacks.preemption import Preempted, Preemption
@@ -39,10 +39,9 @@ from jepa_platform.checkpoints import (
     run_info_for,
     state_shapes,
 )
-from jepa_platform.config import build, compose_config, flatten, job_config, run_app, split_args
+from jepa_platform.config import build, flatten, job_config
 from jepa_platform.errors import CheckpointError, JepaError, one_line
-from jepa_platform.launch import global_rank, rank_overrides, requeued
-from jepa_platform.settings import check_run_settings
+from jepa_platform.launch import global_rank, requeued
 from jepa_platform.tracking import RunLogger, check_tracking_uri
 from jepa_platform.tracking.logger import git_state
 from jepa_platform.tracking.outbox import OUTBOX_DIR
@@ -199,7 +198,6 @@ def apply_gpu_defaults(cfg: DictConfig) -> None:
 def run_train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured objective; return the final callback metrics."""
     output_dir = Path(cfg.paths.output_dir).resolve()
-    check_run_settings(cfg)
     apply_gpu_defaults(cfg)
     L.seed_everything(cfg.seed, workers=True)
     ckpt_path = _resume_point(cfg, output_dir)
@@ -292,35 +290,29 @@ def _print_summary(metrics: dict[str, float], output_dir: Path, logger: Any) -> 
         print(f"MLflow run {logger.run_id} in {logger._tracking_uri}\n  browse: mlflow ui --backend-store-uri {logger._tracking_uri}")
 
 
-def resume_overrides(args: list[str]) -> list[str]:
+def place_resumed_run(cfg: DictConfig, overrides: list[str]) -> None:
     """A resumed run continues in the run directory of its checkpoint (one run, one directory: its checkpoints,
     config and MLflow pointer stay together), with this attempt's Hydra files in ``.hydra/resume-<time>``."""
-    _flags, overrides = split_args(args)
-    spec = next((o.split("=", 1)[1] for o in overrides if o.startswith("ckpt_path=")), None)
-    if not spec or spec == "null" or any(o.startswith("hydra.run.dir=") for o in overrides):
-        return []
-    cfg = compose_config(overrides)
-    try:
-        own = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
-        ckpt = find_checkpoint(spec, Path(cfg.paths.runs_dir), own)
-    finally:
-        GlobalHydra.instance().clear()
+    spec = cfg.get("ckpt_path")
+    if not spec or any(o.startswith("hydra.run.dir=") for o in overrides):  # a fresh run, or Lightning's own launch
+        return
+    ckpt = find_checkpoint(str(spec), Path(cfg.paths.runs_dir), Path(str(OmegaConf.select(cfg, "hydra.run.dir"))))
     run_dir = ckpt.resolve().parent.parent
     if ckpt.resolve().parent.name != "checkpoints" or not (run_dir / "config.yaml").is_file():
-        return []
-    extra = [f"hydra.run.dir={run_dir}"]
-    if global_rank() == 0:  # this attempt's Hydra files and log beside the run's, not over them
-        stamp = f"{datetime.now().strftime('%Y-%m-%d_%H-%M-%S-%f')}-{os.getpid()}"  # unique per attempt
-        extra += [f"hydra.output_subdir=.hydra/resume-{stamp}", f"hydra.job.name=train-resume-{stamp}"]
-    return extra
+        return
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.run.dir = str(run_dir)
+        if global_rank() == 0:  # this attempt's Hydra files and log beside the run's, not over them
+            stamp = f"{datetime.now().strftime('%Y-%m-%d_%H-%M-%S-%f')}-{os.getpid()}"  # unique per attempt
+            cfg.hydra.output_subdir = f".hydra/resume-{stamp}"
+            cfg.hydra.job.name = f"train-resume-{stamp}"
 
 
-def main(args: list[str]) -> int:
-    """Entry of ``jepa train``: hand the arguments to the Hydra app."""
-
-    args = [*args, *rank_overrides(args), *resume_overrides(args)]
+def task(args: list[str]) -> Callable[[DictConfig], None]:
+    """The job of ``jepa train args``: fit, then exit with the status a scheduler expects (a one-line error: 2; a
+    stop signal after its checkpoint: 128 + signal)."""
     # Lightning's launcher (trainer.devices > 1 without torchrun or SLURM) starts the other local ranks by re-running
-    # sys.argv with Hydra's run directory appended: give it this command, not the name Hydra parses below.
+    # sys.argv with Hydra's run directory appended: give it this command.
     launch_argv = [sys.argv[0], "train", *args]
 
     def _task(cfg: DictConfig) -> None:
@@ -335,5 +327,4 @@ def main(args: list[str]) -> int:
             print(f"error: {one_line(exc)}", file=sys.stderr)
             sys.exit(2)
 
-    run_app(args, _task)
-    return 0
+    return _task
