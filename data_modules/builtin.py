@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from data_modules import intuitive_physics, moving_shapes, shapes
+import data_modules.intuitive_physics as intuitive_physics
+import data_modules.moving_shapes as moving_shapes
+import data_modules.shapes as shapes
 from data_modules.images import ImageDataModule
 from data_modules.sequences import SequenceDataModule, write_episodes
 from data_modules.shards import shard_pattern, write_dataset_atomically, write_split

@@ -11,6 +11,7 @@ validation split (index 0) and a labelled kNN bank drawn from the training shard
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -147,28 +148,25 @@ class ImageDataModule(StreamingDataModule):
 
             names = ["data.view_transform"] * len(globals_) + ["data.local_transform"] * num_local_crops
             self.batched_views = BatchedViews(self.view_transforms, names, shared=shared_transform)
-        self._device_batches = 0  # batches made into views outside a Trainer (their seed's position)
 
     def train_process(self) -> ImageViews | RawImages:
         if self.augment_on == "device":
             return RawImages(self.label_key, self.raw_size, self.channels)
         return ImageViews(self.view_transforms, self.label_key, self.channels, self.shared_transform)
 
-    def views_seed(self) -> int:
-        """The seed of the next batch's device views: the run's seed, this rank and the batch's place in the epoch plan,
-        so that a resumed run makes the views of the uninterrupted one."""
-        trainer = self.trainer
-        if trainer is None:
-            self._device_batches += 1
-            return derive_seed(self.seed, 0, self._device_batches - 1)
-        batch = trainer.fit_loop.epoch_loop.batch_progress.current.ready  # this batch's index in the epoch (resumes too)
-        return derive_seed(self.seed, trainer.global_rank, trainer.current_epoch, batch)
+    def views_seed(self, keys: list[str]) -> int:
+        """The seed of a batch's device views: the run's seed, the epoch and the batch's sample keys (which the epoch
+        plan fixes per rank and batch), so that a resumed run makes the views of the uninterrupted one without
+        reading the training loop's counters."""
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        digest = hashlib.blake2b("\n".join(map(str, keys)).encode(), digest_size=8).digest()
+        return derive_seed(self.seed, epoch, int.from_bytes(digest, "little") >> 1)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """With ``augment_on=device``: training batches of ``raw`` uint8 images become ``views`` on their device."""
         if isinstance(batch, dict) and "raw" in batch and self.batched_views is not None:
             batch = dict(batch)
-            raw, seed = batch.pop("raw"), self.views_seed()
+            raw, seed = batch.pop("raw"), self.views_seed(batch["__key__"])
             batch["views"] = self.batched_views.to(raw.device)(raw, seed)
             batch["batch_seed"] = derive_seed(seed, 1)  # for what else is drawn per batch on the device (masks)
         return batch

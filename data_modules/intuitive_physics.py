@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from data_modules import shapes
+import data_modules.shapes as shapes
 
 VERSION = "v1"
 VIOLATIONS: dict[str, tuple[str, ...]] = {

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from data_modules import shapes
+import data_modules.shapes as shapes
 
 VERSION = "v1"
 MOTIONS: tuple[str, ...] = ("east", "north-east", "north", "north-west", "west", "south-west", "south", "south-east")

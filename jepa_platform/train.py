@@ -23,6 +23,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerStatus
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from torch.utils.data import default_collate
 
 from jepa_platform import signals
 from jepa_platform.callbacks.preemption import Preempted, Preemption
@@ -43,8 +44,8 @@ from jepa_platform.config import build, flatten, job_config
 from jepa_platform.errors import CheckpointError, JepaError, one_line
 from jepa_platform.launch import global_rank, requeued
 from jepa_platform.tracking import RunLogger, check_tracking_uri
-from jepa_platform.tracking.logger import git_state
 from jepa_platform.tracking.outbox import OUTBOX_DIR
+from jepa_platform.tracking.store import git_state
 from jepa_platform.tracking.sweeps import sweep_tags
 
 log = logging.getLogger(__name__)
@@ -107,16 +108,6 @@ class RunRecorder(Callback):
                 client.set_tag(run_id, f"resume.{key}" if key in tags else key, value)
         info = {"run_id": run_id, "experiment_id": logger.experiment_id, "tracking_uri": logger._tracking_uri}
         (self.output_dir / RUN_INFO).write_text(json.dumps(info, indent=2))
-
-
-def fill_from_data(cfg: DictConfig, datamodule: Any) -> None:
-    """Put what the data knows (the class count from a dataset manifest) into ``data.num_classes`` when it is unset,
-    so that the objective's probe and ``jepa eval`` see it through the config."""
-    found = getattr(datamodule, "num_classes", None)
-    if "num_classes" in cfg.data and cfg.data.num_classes is None and found:
-        with open_dict(cfg):
-            cfg.data.num_classes = found
-        log.info("data.num_classes=%d from the dataset manifest", found)
 
 
 def _instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
@@ -202,12 +193,12 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     ckpt_path = _resume_point(cfg, output_dir)
 
-    datamodule = build(cfg.data, "data")
-    fill_from_data(cfg, datamodule)
+    # one way: config -> objective -> data (handed the objective's collate: masks drawn in the loader workers) ->
+    # callbacks -> logger; nothing built later reaches back into what was built before
     config = job_config(cfg)
     model = build(cfg.objective, "objective")
-    if hasattr(model, "train_collate") and hasattr(datamodule, "collate"):
-        datamodule.collate = model.train_collate(datamodule.collate)  # e.g. masks drawn in the DataLoader workers
+    user_collate = build(cfg.data.collate, "data.collate") if cfg.data.get("collate") else None
+    datamodule = build(cfg.data, "data", collate=model.train_collate(user_collate or default_collate))
     previous_config = None
     if ckpt_path is not None:
         previous_config = check_same_objective(ckpt_path, model)
@@ -245,7 +236,7 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         _print_summary(metrics, output_dir, logger)
         if cfg.get("final_eval"):
-            metrics.update(final_evaluation(cfg, model, output_dir))
+            metrics.update(final_evaluation(cfg, model, datamodule, output_dir))
     return metrics
 
 
@@ -253,11 +244,11 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
 FINAL_PREDICT_EPISODES = 50
 
 
-def final_evaluation(cfg: DictConfig, model: Any, output_dir: Path) -> dict[str, float]:
+def final_evaluation(cfg: DictConfig, model: Any, datamodule: Any, output_dir: Path) -> dict[str, float]:
     """``final_eval=true``, each objective next to its baseline: labelled data gets ``jepa eval`` (frozen linear
     probe and kNN, trained and randomly initialised); an action-conditioned world model gets ``jepa predict``'s
     open-loop prediction error on held-out episodes of its environment; anything else is said and skipped."""
-    if cfg.data.get("num_classes"):
+    if getattr(datamodule, "num_classes", None):
         from jepa_platform.eval.cli import evaluate_run
 
         return evaluate_run(output_dir)

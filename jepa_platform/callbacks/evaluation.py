@@ -64,7 +64,8 @@ class OnlineProbe(Callback):
     checkpoint (exact resume).
 
     Args:
-        num_classes: classes of the labels (``None``: no probe).
+        num_classes: classes of the labels; ``None``: the DataModule's (``num_classes`` of its preset or manifest;
+            none there: no probe).
         lr: AdamW learning rate of the probes (the same for every objective, so that accuracies compare).
         weight_decay: AdamW weight decay.
     """
@@ -78,6 +79,7 @@ class OnlineProbe(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         widths = feature_widths(pl_module)
+        self.num_classes = self.num_classes or data_classes(trainer)
         if not self.num_classes or not widths or self.heads is not None:
             return
         device = trainer.strategy.root_device
@@ -140,12 +142,17 @@ class OnlineProbe(Callback):
         self._pending = None
 
 
+def data_classes(trainer: L.Trainer) -> int | None:
+    """The class count the run's DataModule knows (its preset, or the manifest of the user's shards), if any."""
+    return getattr(getattr(trainer, "datamodule", None), "num_classes", None)
+
+
 class KNNMonitor(Callback):
     """``val/knn_acc``: weighted kNN accuracy of the exposed validation features against the labelled bank loader
     (loader 1 of the DataModule's validation loaders; no bank, no metric).
 
     Args:
-        num_classes: classes of the labels (``None``: no kNN).
+        num_classes: classes of the labels; ``None``: the DataModule's (none there: no kNN).
         k: neighbours of the weighted vote.
         temperature: temperature of the vote's weights.
     """
@@ -155,6 +162,7 @@ class KNNMonitor(Callback):
         self.metric: KNNAccuracy | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.num_classes = self.num_classes or data_classes(trainer)
         if self.num_classes and MAIN in feature_widths(pl_module) and self.metric is None:
             dim = feature_widths(pl_module)[MAIN]
             self.metric = KNNAccuracy(self.num_classes, self.k, self.temperature, dim=dim).to(trainer.strategy.root_device)

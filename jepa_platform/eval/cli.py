@@ -67,10 +67,10 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace | None = None) -> dict[
     results and ``jepa compare`` tabulates them."""
     args = args or _parser().parse_args([str(run_dir)])
     cfg = load_run_config(run_dir)
-    num_classes = cfg.data.get("num_classes")
-    if not num_classes:
-        raise ConfigError(f"{run_dir}/config.yaml has no data.num_classes: evaluation needs labelled data")
     datamodule = build(cfg.data, "data")
+    num_classes = getattr(datamodule, "num_classes", None)
+    if not num_classes:
+        raise ConfigError(f"{run_dir}: its data has no classes (data.num_classes, or a manifest with classes): evaluation needs labelled data")
     datamodule.prepare_data()
     datamodule.setup("validate")
 

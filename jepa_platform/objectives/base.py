@@ -83,6 +83,7 @@ class Objective(L.LightningModule):
             ``(global batch / reference_batch_size)`` (or its square root), with global batch = per-rank batch x
             ranks x gradient-accumulation steps.
         reference_batch_size: the global batch size that the configured learning rate is meant for.
+        batch_size: the per-rank batch size (the config hands it ``data.batch_size``), for ``lr_scaling``.
         compile_encoder: ``torch.compile`` the encoder (in place: checkpoints keep their keys) once the model is
             built (after FSDP sharding); the first steps then pay the compilation.
         compile_loss: ``torch.compile`` the objective's loss (``compute_loss``) as well.
@@ -102,6 +103,7 @@ class Objective(L.LightningModule):
         min_lr_ratio: float,
         lr_scaling: str,
         reference_batch_size: int,
+        batch_size: int,
         compile_encoder: bool,
         compile_loss: bool,
         feature_dim: int | None = None,
@@ -212,10 +214,9 @@ class Objective(L.LightningModule):
             self.log("train/energy", energy, batch_size=batch_size, sync_dist=True)
 
     # -- optimisation -------------------------------------------------------------------------------------------
-    def global_batch_size(self) -> int | None:
-        """Samples per optimiser step over all ranks (``None`` when the per-rank batch size is unknown)."""
-        per_rank = _per_rank_batch_size(self.trainer)
-        return per_rank * self.trainer.world_size * self.trainer.accumulate_grad_batches if per_rank else None
+    def global_batch_size(self) -> int:
+        """Samples per optimiser step over all ranks."""
+        return self.hparams.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
     def lr_factor(self) -> float:
         """The learning-rate scaling factor of ``lr_scaling`` for this run's global batch size (1 for ``none``)."""
@@ -223,8 +224,6 @@ class Objective(L.LightningModule):
         if rule == "none":
             return 1.0
         global_batch = self.global_batch_size()
-        if global_batch is None:
-            raise ConfigError(f"objective.lr_scaling={rule} needs the batch size: use a DataModule with a batch_size attribute, or lr_scaling=none")
         factor = lr_scale(rule, global_batch, self.hparams.reference_batch_size)
         if self.trainer.is_global_zero:
             log.info("lr scaling %s: global batch %d / reference %d -> lr x %.4g", rule, global_batch, self.hparams.reference_batch_size, factor)
@@ -255,16 +254,6 @@ class SelfSupervisedObjective(Objective):
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = VAL_LOADER) -> None:
         self.expose({"features": self(model_input(batch))})
-
-
-def _per_rank_batch_size(trainer: L.Trainer) -> int | None:
-    datamodule = getattr(trainer, "datamodule", None)
-    size = getattr(datamodule, "batch_size", None)
-    if size is None:
-        loader = getattr(trainer.fit_loop, "_combined_loader", None)
-        flat = loader.flattened if loader is not None else []
-        size = getattr(flat[0], "batch_size", None) if flat else None
-    return int(size) if size else None
 
 
 class JointEmbeddingObjective(SelfSupervisedObjective):

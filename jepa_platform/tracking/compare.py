@@ -287,7 +287,7 @@ def main(args: list[str]) -> int:
     """``jepa compare``: a table of final metrics (mean ± std over seeds) and curves, from any MLflow store."""
     from mlflow import MlflowClient
 
-    from jepa_platform.tracking.logger import check_tracking_uri
+    from jepa_platform.tracking.store import check_tracking_uri
 
     parser = argparse.ArgumentParser(prog="jepa compare", description=main.__doc__.splitlines()[0].split(": ", 1)[1])
     add_arguments(parser)

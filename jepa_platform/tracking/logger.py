@@ -24,8 +24,6 @@ import os
 import socket
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,6 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from jepa_platform import signals
 from jepa_platform.errors import ConfigError
-from jepa_platform.settings import unwritable
 from jepa_platform.tracking.outbox import Outbox, OutboxClient
 
 log = logging.getLogger(__name__)
@@ -51,32 +48,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _sqlite_dir(uri: str) -> Path | None:
-    return Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else None
-
-
-def check_tracking_uri(uri: str, timeout: float) -> None:
-    """One-line error if the store cannot be used: a server that does not answer ``/health`` within ``timeout``
-    seconds, or a local store whose directory cannot be written."""
-    if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                response.read(64)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ConfigError(
-                f"MLflow tracking server {uri} is unreachable ({reason}): start it, fix logger.tracking_uri, or train without it with logger=none"
-            ) from exc
-        return
-    local = _sqlite_dir(uri) or (Path(uri.removeprefix("file://")) if uri.startswith("file://") or "://" not in uri else None)
-    db = Path(uri.removeprefix("sqlite:///")) if _sqlite_dir(uri) else None
-    if local is not None and (unwritable(local) is not None or (db is not None and db.exists() and not os.access(db, os.W_OK))):
-        raise ConfigError(
-            f"the MLflow store {uri} is not writable: fix its permissions, set paths.runs_dir to a writable directory, or use logger=none"
-        )
 
 
 class RunLogger(MLFlowLogger):
@@ -247,20 +218,3 @@ def log_to_run(run_dir: Path, metrics: dict[str, float], artifacts: Path | None 
     if artifacts is not None:
         client.log_artifacts(info["run_id"], str(artifacts), artifact_path=artifact_path)
     return True
-
-
-def git_state(path: Path | None = None) -> dict[str, str]:
-    """The commit of the source tree that holds this package (or ``path``) and whether it has uncommitted changes,
-    as MLflow tags; ``unknown`` outside a git checkout (an installed wheel)."""
-    import subprocess
-
-    where = path or Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=where, capture_output=True, text=True, timeout=10, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return {"jepa.git.commit": "unknown", "jepa.git.dirty": "unknown"}
-    dirty = str(bool(status.stdout.strip())).lower()
-    return {"jepa.git.commit": commit, "jepa.git.dirty": dirty, "mlflow.source.git.commit": commit}

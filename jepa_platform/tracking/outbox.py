@@ -277,7 +277,7 @@ def main(args: list[str]) -> int:
     artifacts, final status), exactly once."""
     import mlflow
 
-    from jepa_platform.tracking.logger import check_tracking_uri
+    from jepa_platform.tracking.store import check_tracking_uri
 
     parser = argparse.ArgumentParser(prog="jepa sync", description=main.__doc__.splitlines()[0])
     add_arguments(parser)

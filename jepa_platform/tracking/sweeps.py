@@ -74,7 +74,7 @@ class SweepRecorder(Callback):
             return  # logger=none: nothing to group
         from mlflow import MlflowClient
 
-        from jepa_platform.tracking.logger import check_tracking_uri, git_state
+        from jepa_platform.tracking.store import check_tracking_uri, git_state
 
         uri, name = str(logger.tracking_uri), str(logger.get("experiment_name", "jepa"))
         overrides = " ".join(OmegaConf.select(config, "hydra.overrides.task") or [])
