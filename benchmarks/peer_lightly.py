@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from data_modules.streaming import auto_workers
+from data_modules.datamodule import auto_workers
 
 #: the recipe both sides use (lightly's SimCLRTransform arguments; the platform's transforms are built to match)
 RECIPE = {"min_scale": 0.08, "cj_prob": 0.8, "cj_strength": 0.5, "cj_bright": 0.8, "cj_contrast": 0.8, "cj_sat": 0.4, "cj_hue": 0.2, "gray": 0.2}

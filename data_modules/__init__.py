@@ -4,6 +4,7 @@ moving shapes, intuitive physics, two-rooms trajectories)."""
 from data_modules.builtin import (
     IntuitivePhysicsDataModule,
     MovingShapesDataModule,
+    NavigationDataModule,
     ShapesDataModule,
     TwoRoomsDataModule,
     ensure_intuitive_physics_dataset,
@@ -19,6 +20,7 @@ __all__ = [
     "ImageDataModule",
     "IntuitivePhysicsDataModule",
     "MovingShapesDataModule",
+    "NavigationDataModule",
     "SequenceDataModule",
     "ShapesDataModule",
     "TwoRoomsDataModule",

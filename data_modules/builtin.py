@@ -124,8 +124,7 @@ def ensure_moving_shapes_dataset(
 
 class GeneratedVideoDataModule(SequenceDataModule):
     """A built-in video dataset generated into a cache directory on first use (``prepare_data``): subclasses name
-    its directory and writer (``dataset_dir``, ``ensure_dataset``). ``samples_per_shard`` counts episodes (the name
-    matches the shapes dataset, so ``debug`` configs fit every built-in dataset)."""
+    its directory and writer (``dataset_dir``, ``ensure_dataset``). ``episodes_per_shard``: episodes per shard."""
 
     dataset_dir: Callable[..., Path]
     ensure_dataset: Callable[..., Path]
@@ -138,22 +137,22 @@ class GeneratedVideoDataModule(SequenceDataModule):
         num_val: int,
         image_size: int,
         length: int,
-        samples_per_shard: int,
+        episodes_per_shard: int,
         **kwargs,
     ) -> None:
         self.root = Path(root).expanduser() if root else default_cache_dir()
         self.gen = {"seed": dataset_seed, "num_train": num_train, "num_val": num_val, "image_size": image_size, "length": length}
-        self.samples_per_shard = samples_per_shard
+        self.episodes_per_shard = episodes_per_shard
         directory = type(self).dataset_dir(self.root, **self.gen)
         super().__init__(
-            urls=shard_pattern(directory, "train", -(-num_train // samples_per_shard)),
-            val_urls=shard_pattern(directory, "val", -(-num_val // samples_per_shard)),
+            urls=shard_pattern(directory, "train", -(-num_train // episodes_per_shard)),
+            val_urls=shard_pattern(directory, "val", -(-num_val // episodes_per_shard)),
             image_size=image_size,
             **kwargs,
         )
 
     def prepare_data(self) -> None:
-        type(self).ensure_dataset(self.root, episodes_per_shard=self.samples_per_shard, **self.gen)
+        type(self).ensure_dataset(self.root, episodes_per_shard=self.episodes_per_shard, **self.gen)
 
 
 class MovingShapesDataModule(GeneratedVideoDataModule):
@@ -252,9 +251,9 @@ def two_rooms_dir(
     return Path(root).expanduser() / f"{name}-v1-seed{seed}-{num_train}-{num_val}-{image_size}px-{length}f-{env_tag}"
 
 
-class TwoRoomsDataModule(SequenceDataModule):
+class NavigationDataModule(SequenceDataModule):
     """Exploratory trajectories of a navigation environment (``jepa data collect two_rooms``, or ``maze``), collected
-    into the cache on first use; clips carry ``actions`` and ``states`` for world models. ``samples_per_shard``
+    into the cache on first use; clips carry ``actions`` and ``states`` for world models. ``episodes_per_shard``
     counts episodes.
 
     Args:
@@ -279,7 +278,7 @@ class TwoRoomsDataModule(SequenceDataModule):
         length: int,
         policy: str,
         env: dict | None,
-        samples_per_shard: int,
+        episodes_per_shard: int,
         environment: str,
         **kwargs,
     ) -> None:
@@ -289,21 +288,25 @@ class TwoRoomsDataModule(SequenceDataModule):
         tag = hashlib.blake2b(json.dumps(self.env_kwargs, sort_keys=True).encode(), digest_size=4).hexdigest()
         self.directory = two_rooms_dir(self.root, dataset_seed, num_train, num_val, image_size, length, f"{policy}-{tag}", environment)
         self.gen = {"episodes": num_train, "val_episodes": num_val, "length": length, "policy": policy, "seed": dataset_seed}
-        self.samples_per_shard = samples_per_shard
+        self.episodes_per_shard = episodes_per_shard
         kwargs.setdefault("label_key", None)
         super().__init__(
-            urls=shard_pattern(self.directory, "train", -(-num_train // samples_per_shard)),
-            val_urls=shard_pattern(self.directory, "val", -(-num_val // samples_per_shard)),
+            urls=shard_pattern(self.directory, "train", -(-num_train // episodes_per_shard)),
+            val_urls=shard_pattern(self.directory, "val", -(-num_val // episodes_per_shard)),
             image_size=image_size,
             **kwargs,
         )
 
     def prepare_data(self) -> None:
-        from jepa_platform.world_model.collect import collect
+        from data_modules.collect import collect
 
         if (self.directory / MANIFEST).is_file():
             return
         start = time.perf_counter()
         log.info("collecting %s trajectories into %s", self.environment, self.directory)
-        collect(self.environment, self.directory, env_kwargs=self.env_kwargs, episodes_per_shard=self.samples_per_shard, progress=False, **self.gen)
+        collect(self.environment, self.directory, env_kwargs=self.env_kwargs, episodes_per_shard=self.episodes_per_shard, progress=False, **self.gen)
         log.info("collected %d episodes in %.1fs", self.gen["episodes"] + self.gen["val_episodes"], time.perf_counter() - start)
+
+
+#: the name runs recorded before it served the maze too: their config.yaml still builds (jepa plan, jepa eval)
+TwoRoomsDataModule = NavigationDataModule

@@ -18,9 +18,9 @@ from typing import Any, Literal
 from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
+from data_modules.datamodule import StreamingDataModule, auto_workers
 from data_modules.decode import decode_image_sample
-from data_modules.stream import derive_seed
-from data_modules.streaming import StreamingDataModule, auto_workers
+from data_modules.epoch_plan import derive_seed
 from jepa_platform.errors import ConfigError, DataError
 
 Transform = Callable[[Tensor], Tensor]
@@ -101,7 +101,7 @@ class ImageDataModule(StreamingDataModule):
         shared_transform: applied once per sample before every view's own transform, so that the views share it:
             a crop and flip here and colour transforms per view give pixel-aligned views that differ in colour only
             (what a masked JEPA's ``target_view`` needs).
-        **kwargs: :class:`~data_modules.streaming.StreamingDataModule` arguments (urls, batch size, epochs...).
+        **kwargs: :class:`~data_modules.datamodule.StreamingDataModule` arguments (urls, batch size, epochs...).
     """
 
     def __init__(

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from data_modules.datamodule import StreamingDataModule
 from data_modules.decode import IMAGE_EXTS, decode_image, decode_npy, encode_image
 from data_modules.shards import ShardSink, write_dataset_atomically
-from data_modules.streaming import StreamingDataModule
 from jepa_platform.errors import ConfigError
 
 FRAME_FIELD = re.compile(r"^frame_(\d+)\.(png|jpg|jpeg|webp)$")
@@ -186,7 +186,7 @@ class SequenceDataModule(StreamingDataModule):
         label_key: episode metadata key with an integer class per episode (clips get it as ``label``).
         num_classes: classes of ``label_key``; default: from the manifest's ``classes[label_key]``, if listed.
         knn_bank_size: labelled training clips in the kNN-bank validation loader (0: none).
-        **kwargs: :class:`~data_modules.streaming.StreamingDataModule` arguments.
+        **kwargs: :class:`~data_modules.datamodule.StreamingDataModule` arguments.
     """
 
     def __init__(

@@ -115,8 +115,7 @@ def _surprise(args: list[str]) -> int:
 def _data(args: list[str]) -> int:
     import argparse
 
-    from data_modules import convert, inspection
-    from jepa_platform.world_model import collect
+    from data_modules import collect, convert, inspection
 
     parser = argparse.ArgumentParser(prog="jepa data", description="Write and inspect WebDataset shards.")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -56,7 +56,7 @@ for pattern in (
     r".*Your `IterableDataset` has `__len__` defined.*",
     r".*The number of training batches \(\d+\) is smaller than the logging interval.*",
     r".*Checkpoint directory .* exists and is not empty.*",
-    # the data modules resume mid-epoch themselves (data_modules.streaming.resume_position)
+    # the data modules resume mid-epoch themselves (data_modules.datamodule.resume_position)
     r".*resuming from a checkpoint that ended before the epoch ended and your dataloader is not resumable.*",
     # epoch-level values under DDP/FSDP come from torchmetrics or gathered rows: already over all ranks
     r".*It is recommended to use `self.log\('(val|perf)/.*sync_dist=True.*",

@@ -18,7 +18,7 @@
 # one MLflow parent run:
 #
 # ```
-# jepa train -m experiment=compare objective=vicreg,barlow,simclr,sigreg seed=0,1
+# jepa train -m experiment=compare objective=vicreg,barlow,simclr,lejepa seed=0,1
 # ```
 #
 # This notebook reads that sweep back from MLflow: the table of `jepa compare` (mean ± std over seeds), the curves

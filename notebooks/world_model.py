@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from data_modules.collect import collect
 from jepa_platform.checkpoints import find_checkpoint, load_run_config, trained_objective
 from jepa_platform.cli import run
 from jepa_platform.config import build
-from jepa_platform.world_model.collect import collect
 from jepa_platform.world_model.envs import make_env
 
 TINY = os.environ.get("NOTEBOOK_SIZE") == "tiny"

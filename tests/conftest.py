@@ -135,7 +135,7 @@ def make_cfg(tmp_path: Path, data_root: Path):
 
     def make(*overrides: str, run_name: str = "run", debug: bool | str = True):
         runs = tmp_path / "runs"
-        base = [f"debug={'fast' if debug is True else debug}"] if debug else ["encoder=tiny", "trainer=cpu"]
+        base = [f"debug={'fast' if debug is True else debug}"] if debug else ["encoder=resnet_test", "trainer=cpu"]
         return compose_config([*base, f"paths.runs_dir={runs}", f"paths.data_dir={data_root}", *overrides], output_dir=str(runs / run_name))
 
     yield make

@@ -15,7 +15,7 @@ from jepa_platform.optim import OptimizerFactory
 from jepa_platform.registry import register_objective
 
 
-@register_objective("sigreg")
+@register_objective("lejepa")
 class LeJEPA(JointEmbeddingObjective):
     """LeJEPA: every view's embedding predicts the mean embedding of the global views; SIGReg keeps embeddings Gaussian.
 

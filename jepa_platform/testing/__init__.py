@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 #: overrides that give every objective a BatchNorm-free encoder and projector, small enough for CPU
-DDP_CHECK_OVERRIDES = ("encoder=tiny", "encoder.name=test_convnext", "trainer=cpu")
+DDP_CHECK_OVERRIDES = ("encoder=resnet_test", "encoder.name=test_convnext", "trainer=cpu")
 
 
 def example_batch(

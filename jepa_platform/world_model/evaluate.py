@@ -46,7 +46,7 @@ def environment_of(cfg: Any) -> tuple[str, dict[str, Any]]:
     """The environment (name, parameters) a run's data was collected in: from the built-in data config, or from the
     ``collection`` record that ``jepa data collect`` wrote into the dataset's manifest."""
     data = cfg.data
-    if str(data.get("_target_", "")).endswith("TwoRoomsDataModule"):
+    if str(data.get("_target_", "")).endswith(("NavigationDataModule", "TwoRoomsDataModule")):
         from omegaconf import OmegaConf
 
         return str(data.get("environment", "two_rooms")), {

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from data_modules.collect import ActionSampler
 from jepa_platform.errors import ConfigError
-from jepa_platform.world_model.collect import ActionSampler
 from jepa_platform.world_model.evaluate import load_world_model
 
 GROUPS = ("all", "door event", "no event")

@@ -38,8 +38,8 @@ def test_help_lists_groups(tmp_path: Path, data_root: Path):
     result = _jepa_here("train", "--help", cwd=tmp_path, env_data=data_root)
     assert result.returncode == 0
     lines = {line.split(": ")[0]: line.split(": ")[1].split(", ") for line in result.stdout.splitlines() if ": " in line}
-    assert {"barlow", "invariance_only", "sigreg", "simclr", "vicreg", "simsiam"} <= set(lines["objective"])  # simsiam: the plugin
-    assert {"resnet18", "resnet50", "tiny", "vit_tiny", "timm", "small_convnet"} <= set(lines["encoder"])
+    assert {"barlow", "invariance_only", "lejepa", "simclr", "vicreg", "simsiam"} <= set(lines["objective"])  # simsiam: the plugin
+    assert {"resnet18", "resnet50", "resnet_test", "vit_tiny", "timm", "small_convnet"} <= set(lines["encoder"])
     assert lines["trainer"] == ["cpu", "ddp", "default", "fsdp", "gpu", "multinode"]
 
 
@@ -58,7 +58,7 @@ def test_arguments_that_do_not_fit_exit_with_one_line(tmp_path: Path, data_root:
 def test_missing_shards_exit_with_one_line(tmp_path: Path, data_root: Path):
     result = _jepa_here(
         "train",
-        "encoder=tiny",
+        "encoder=resnet_test",
         "data=images",
         f"data.urls='{tmp_path}/none-{{0..3}}.tar'",
         "data.num_classes=10",

@@ -21,7 +21,7 @@ CASES = [
     pytest.param("invariance_only", [], id="invariance_only"),
     pytest.param("vicreg", ["objective.cov_weight=256"], id="vicreg"),
     pytest.param("barlow", ["objective.lambda_offdiag=0.34", "objective.projector_norm=batch"], id="barlow"),
-    pytest.param("sigreg", [], id="sigreg"),
+    pytest.param("lejepa", [], id="lejepa"),
 ]
 
 

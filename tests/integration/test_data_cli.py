@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from support.cli import run_jepa
 
@@ -128,12 +129,14 @@ def test_converted_folder_trains_end_to_end(tmp_path: Path):
     assert converted.returncode == 0, converted.stderr[-2000:]
     trained = jepa(
         "train", "data=images", f"data.urls={tmp_path / 'shards'}", "data.image_size=32", "data.batch_size=16", "data.num_workers=2",
-        "data.val_batch_size=32", "data.knn_bank_size=64", "encoder=tiny", "trainer=cpu", "trainer.max_epochs=1", "objective.projector_dims=[64,64]",
+        "data.val_batch_size=32", "data.knn_bank_size=64", "encoder=resnet_test", "trainer=cpu", "trainer.max_epochs=1",
+        "objective.projector_dims=[64,64]",
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
-    assert "final: val/probe_acc=" in trained.stdout  # num_classes came from the manifest
-    config = next((tmp_path / "runs").glob("*/config.yaml")).read_text()
-    assert "num_classes: 3" in config
+    assert "final: val/probe_acc=" in trained.stdout  # the probe took the manifest's 3 classes from the DataModule
+    state = torch.load(next((tmp_path / "runs").glob("*/checkpoints/last.ckpt")), weights_only=True)
+    probe = next(v for k, v in state["callbacks"].items() if k.startswith("OnlineProbe"))
+    assert probe["heads"]["features.weight"].shape[0] == 3
 
 
 @pytest.mark.parametrize("augment_on", ["workers", "device"])
@@ -150,7 +153,7 @@ def test_grey_images_train_with_the_small_image_preset(tmp_path: Path, augment_o
     assert converted.returncode == 0, converted.stderr[-2000:]
     trained = run_jepa(
         ["train", "data=small_images_gray", f"data.urls={tmp_path / 'shards'}", f"data.augment_on={augment_on}", "data.batch_size=16",
-         "data.num_workers=0", "data.val_batch_size=32", "data.knn_bank_size=32", "encoder=tiny", "trainer=cpu", "trainer.max_epochs=1",
+         "data.num_workers=0", "data.val_batch_size=32", "data.knn_bank_size=32", "encoder=resnet_test", "trainer=cpu", "trainer.max_epochs=1",
          "objective.projector_dims=[32,32]", "final_eval=true", "logger=none", "callbacks.encoder_model=null"],
         env,
     )  # fmt: skip

@@ -16,7 +16,7 @@ from jepa_platform.config import build
 from jepa_platform.errors import ConfigError
 from jepa_platform.train import run_train
 
-CLIPS = ("data=moving_shapes", "data.num_train=48", "data.num_val=16", "data.samples_per_shard=16", "data.knn_bank_size=32", "data.batch_size=8")
+CLIPS = ("data=moving_shapes", "data.num_train=48", "data.num_val=16", "data.episodes_per_shard=16", "data.knn_bank_size=32", "data.batch_size=8")
 SHORT = ("logger=none", "++trainer.limit_train_batches=3", "++trainer.limit_val_batches=2", "trainer.log_every_n_steps=1")
 H_JEPA_KEYS = [
     f"{k}level{i}/{m}" for i in (1, 2) for k, m in (("", "energy"), ("", "rank"), ("val/", "energy"), ("val/", "probe_acc"), ("val/", "rank"))

@@ -24,7 +24,7 @@ MISSING = {
 }
 RECIPES = [
     pytest.param(name, marks=pytest.mark.xfail(reason=MISSING[name], strict=True) if name in MISSING else ())
-    for name in ("simclr_shapes", "barlow_shapes", "vicreg_shapes", "sigreg_shapes", "ema_jepa_shapes", "h_jepa_shapes")
+    for name in ("simclr_shapes", "barlow_shapes", "vicreg_shapes", "lejepa_shapes", "ema_jepa_shapes", "h_jepa_shapes")
 ]
 #: the control must stay within the probe's noise of random init: two points (the trained encoder's BatchNorm
 #: statistics have seen the data, the random one's have not, which alone moves the probe by about one point)

@@ -105,7 +105,7 @@ class Blinker(gym.Env):
 
 
 def test_collect_from_any_gymnasium_env(tmp_path: Path):
-    from jepa_platform.world_model.collect import collect
+    from data_modules.collect import collect
 
     if "test/Blinker-v0" not in gym.registry:
         gym.register("test/Blinker-v0", entry_point=Blinker)

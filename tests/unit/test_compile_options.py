@@ -15,7 +15,7 @@ from jepa_platform.objectives import VICReg
 def _vicreg(**kwargs) -> VICReg:
     torch.manual_seed(0)
     return build_preset(
-        "objective=vicreg", "encoder=tiny", "objective.projector_dims=[32,32]", optimizer=functools.partial(torch.optim.SGD, lr=0.1), **kwargs
+        "objective=vicreg", "encoder=resnet_test", "objective.projector_dims=[32,32]", optimizer=functools.partial(torch.optim.SGD, lr=0.1), **kwargs
     )
 
 

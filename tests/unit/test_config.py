@@ -105,7 +105,7 @@ def test_groups_have_options():
         (["trainer.max_epochs=[1"], r"malformed override 'trainer.max_epochs=\[1'"),
         (["encoder.name"], r"malformed override 'encoder.name'"),
         (["data=images"], r"data.urls is required but not set"),
-        (["-m", "encoder=tiny,resnet19"], r"unknown encoder 'resnet19'"),
+        (["-m", "encoder=resnet_test,resnet19"], r"unknown encoder 'resnet19'"),
     ],
 )
 def test_bad_overrides_are_one_line_errors(args: list[str], message: str):

@@ -83,7 +83,7 @@ def test_video_objective_trains_on_the_possible_clips(make_cfg):
         "data=intuitive_physics",
         "data.num_train=48",
         "data.num_val=16",
-        "data.samples_per_shard=16",
+        "data.episodes_per_shard=16",
         "data.knn_bank_size=32",
         "data.batch_size=8",
     )

@@ -68,7 +68,7 @@ def test_unknown_name_is_a_one_line_error():
 
 
 def test_builtins_are_registered():
-    assert {"simclr", "barlow", "vicreg", "sigreg", "invariance_only"} <= set(OBJECTIVES.names())
+    assert {"simclr", "barlow", "vicreg", "lejepa", "invariance_only"} <= set(OBJECTIVES.names())
     assert "timm" in ENCODERS.names()
     for entry in [*OBJECTIVES, *ENCODERS]:
         assert entry.description, f"{entry.name} needs a class docstring: jepa list shows its first paragraph"

@@ -1,7 +1,7 @@
 """The LightningDataModule base shared by image and sequence data: URLs, epoch length, loaders, resume.
 
 Subclasses say how one raw sample becomes training items (``train_process``) and evaluation items
-(``eval_process``); this class plans epochs (see :mod:`data_modules.stream`) and builds the DataLoaders.
+(``eval_process``); this class plans epochs (see :mod:`data_modules.epoch_plan`) and builds the DataLoaders.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from data_modules.stream import ShardStream, exact_batches_per_rank
+from data_modules.epoch_plan import ShardStream, exact_batches_per_rank
 from data_modules.urls import dataset_split, expand_urls, is_remote, read_manifest, shard_sizes
 from jepa_platform.errors import ConfigError
 
