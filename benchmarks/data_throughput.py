@@ -19,9 +19,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.data_vs_compute import samples_per_second, step_rate
+from data_modules.builtin.shapes import CLASSES, render
 from data_modules.convert import convert
 from data_modules.decode import decode_image
-from data_modules.shapes import CLASSES, render
 from jepa_platform.config import compose_config
 
 

@@ -36,8 +36,8 @@ def make_images(root: Path, count: int, size: int) -> tuple[Path, Path]:
     """A CIFAR-like folder of PNGs (class subfolders) and its shards written by ``jepa data convert``."""
     from PIL import Image
 
+    from data_modules.builtin.shapes import CLASSES, render
     from data_modules.convert import convert
-    from data_modules.shapes import CLASSES, render
 
     folder, shards = root / "images", root / "shards"
     for i in range(count):

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from support.cli import run_jepa
 
+from data_modules.builtin.shapes import render
 from data_modules.convert import convert, parse_shard_size, read_idx
-from data_modules.shapes import render
 from data_modules.urls import expand_urls, iter_tar, open_url
 from jepa_platform import cli
 from jepa_platform.errors import DataError

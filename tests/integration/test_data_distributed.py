@@ -10,8 +10,8 @@ import torch
 from support.data import epoch_keys_by_rank, write_tar
 from torchvision.transforms import v2
 
+from data_modules.builtin.shapes import encode_png, render
 from data_modules.epoch_plan import exact_batches_per_rank
-from data_modules.shapes import encode_png, render
 from jepa_platform.config import build_preset
 
 SHARD_SIZES = [37, 50, 64, 23, 80, 41, 55]  # unequal, as real shards are; 350 samples, no manifest (sizes by tar scan)

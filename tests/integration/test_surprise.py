@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 from support.cli import run_jepa
 
-from data_modules import intuitive_physics as ip
+from data_modules.builtin import intuitive_physics as ip
 from data_modules.sequences import write_episodes
 
 TINY = ["debug=fast_physics", "trainer.enable_progress_bar=false"]

@@ -15,8 +15,8 @@ from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
 from data_modules import ImageDataModule, ensure_shapes_dataset, expand_urls
+from data_modules.builtin.shapes import CLASSES, encode_png, render
 from data_modules.epoch_plan import exact_batches_per_rank, worker_batches
-from data_modules.shapes import CLASSES, encode_png, render
 from data_modules.shards import write_dataset_atomically
 from data_modules.urls import MANIFEST, count_tar_samples, shard_sizes
 from jepa_platform.config import build_preset

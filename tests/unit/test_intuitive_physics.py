@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_modules import intuitive_physics as ip
+from data_modules.builtin import intuitive_physics as ip
 
 PAIRS = 24
 

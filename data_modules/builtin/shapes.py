@@ -9,12 +9,22 @@ always yields byte-identical shards, on any machine and with any number of worke
 from __future__ import annotations
 
 import io
+import logging
 import math
+import os
+import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from data_modules.builtin.cache import default_cache_dir
+from data_modules.images import ImageDataModule
+from data_modules.shards import shard_pattern, write_dataset_atomically, write_split
+
+log = logging.getLogger(__name__)
 
 # Bump when the images change: it names the cache directory, so no run reads shards of an older generator.
 VERSION = "v2"
@@ -170,3 +180,64 @@ def sample(index: int, seed: int, split: str, size: int = 32) -> dict:
 def make_sample_fn(seed: int, split: str, size: int = 32) -> Callable[[int], dict]:
     """Picklable ``index -> sample`` for the shard writer's worker processes."""
     return partial(sample, seed=seed, split=split, size=size)
+
+
+# -- the DataModule: generated into the cache on first use -------------------------------------------------------
+def shapes_dir(root: str | os.PathLike, seed: int, num_train: int, num_val: int, image_size: int) -> Path:
+    return Path(root).expanduser() / f"shapes10-{VERSION}-seed{seed}-{num_train}-{num_val}-{image_size}px"
+
+
+def ensure_shapes_dataset(
+    root: str | os.PathLike,
+    seed: int = 0,
+    num_train: int = 20000,
+    num_val: int = 5000,
+    image_size: int = 32,
+    samples_per_shard: int = 1000,
+    workers: int | None = None,
+) -> Path:
+    """Generate the shapes dataset under ``root`` once; later calls find it complete and return at once."""
+    target = shapes_dir(root, seed, num_train, num_val, image_size)
+    workers = workers or min(os.cpu_count() or 1, 8)
+
+    def write(tmp: Path) -> dict:
+        start = time.perf_counter()
+        log.info("generating the built-in shapes dataset into %s (%d workers)", target, workers)
+        splits = {
+            split: write_split(make_sample_fn(seed, split, image_size), tmp, split, n, samples_per_shard, workers, mtime=0.0)
+            for split, n in (("train", num_train), ("val", num_val))
+        }
+        log.info("generated %d samples in %.1fs", num_train + num_val, time.perf_counter() - start)
+        return {"dataset": f"shapes10-{VERSION}", "seed": seed, "classes": list(CLASSES), "image_size": image_size, "splits": splits}
+
+    write_dataset_atomically(target, write)
+    return target
+
+
+class ShapesDataModule(ImageDataModule):
+    """The built-in 10-class shapes dataset (see :mod:`data_modules.builtin.shapes`), written as shards on first use."""
+
+    def __init__(
+        self,
+        root: str | None,
+        dataset_seed: int,
+        num_train: int,
+        num_val: int,
+        image_size: int,
+        samples_per_shard: int,
+        **kwargs,
+    ) -> None:
+        self.root = Path(root).expanduser() if root else default_cache_dir()
+        self.gen = {"seed": dataset_seed, "num_train": num_train, "num_val": num_val, "image_size": image_size}
+        self.samples_per_shard = samples_per_shard
+        directory = shapes_dir(self.root, **self.gen)
+        kwargs.setdefault("num_classes", len(CLASSES))
+        super().__init__(
+            urls=shard_pattern(directory, "train", -(-num_train // samples_per_shard)),
+            val_urls=shard_pattern(directory, "val", -(-num_val // samples_per_shard)),
+            image_size=image_size,
+            **kwargs,
+        )
+
+    def prepare_data(self) -> None:
+        ensure_shapes_dataset(self.root, samples_per_shard=self.samples_per_shard, **self.gen)

@@ -12,17 +12,25 @@ Violation types (one impossible version of a scene per type; the variant is draw
 
 A pair's two clips are rendered from the same scene and the same simulation up to the violation; ``violation_frame``
 is the first frame whose pixels differ (for ``vanish``, the frame where the ball should have come out). Every clip is
-a pure function of ``(seed, split, index)`` and the violation type, like :mod:`data_modules.shapes`. Training data
+a pure function of ``(seed, split, index)`` and the violation type, like :mod:`data_modules.builtin.shapes`. Training data
 holds possible clips only (:func:`possible_clip`); evaluation uses :func:`pair`.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
-import data_modules.shapes as shapes
+import data_modules.builtin.shapes as shapes
+from data_modules.builtin.videos import GeneratedVideoDataModule, generated_videos
+from data_modules.sequences import write_episodes
+from data_modules.urls import MANIFEST
+
+log = logging.getLogger(__name__)
 
 VERSION = "v1"
 VIOLATIONS: dict[str, tuple[str, ...]] = {
@@ -243,3 +251,77 @@ def pair(seed: int, split: str, index: int, violation: str, size: int = 32, leng
                 "scene": scene,
             }
     raise RuntimeError(f"no scene for {violation} in 200 draws (seed {seed}, {split} {index}): the scene ranges are too narrow")
+
+
+# -- the DataModule: generated into the cache on first use -------------------------------------------------------
+def intuitive_physics_dir(root: str | os.PathLike, seed: int, num_train: int, num_val: int, image_size: int, length: int) -> Path:
+    return Path(root).expanduser() / f"intuitive-physics-{VERSION}-seed{seed}-{num_train}-{num_val}-{image_size}px-{length}f"
+
+
+def ensure_intuitive_physics_dataset(
+    root: str | os.PathLike,
+    seed: int = 0,
+    num_train: int = 4000,
+    num_val: int = 1000,
+    image_size: int = 32,
+    length: int = 24,
+    episodes_per_shard: int = 250,
+) -> Path:
+    """Generate the possible intuitive-physics clips (training and validation; no impossible ones) under ``root`` once."""
+    target = intuitive_physics_dir(root, seed, num_train, num_val, image_size, length)
+    args = (seed, num_train, num_val, image_size, length, episodes_per_shard)
+    return generated_videos(target, possible_clip, *args, CLASSES, "intuitive-physics videos")
+
+
+def ensure_intuitive_physics_pairs(
+    root: str | os.PathLike,
+    seed: int = 0,
+    pairs_per_type: int = 200,
+    image_size: int = 32,
+    length: int = 24,
+    episodes_per_shard: int = 250,
+) -> Path:
+    """Write the evaluation pairs once (split ``test``, PNG frames): for each violation type, ``pairs_per_type`` pairs
+    as two consecutive episodes, the possible clip then its impossible twin, each with ``pair_id``, ``violation``
+    (index into the manifest's ``classes.violation``), ``variant``, ``violation_frame`` and ``impossible``. The scenes
+    are drawn from the ``test`` split's seeds, so they are not the training scenes."""
+    name = f"intuitive-physics-pairs-{VERSION}-seed{seed}-{pairs_per_type}x{len(VIOLATIONS)}"
+    target = Path(root).expanduser() / f"{name}-{image_size}px-{length}f"
+    if (target / MANIFEST).is_file():
+        return target
+
+    def episodes():
+        pair_id = 0
+        for v, violation in enumerate(VIOLATIONS):
+            for i in range(pairs_per_type):
+                p = pair(seed, "test", i, violation, image_size, length)
+                meta = {"pair_id": pair_id, "violation": v, "variant": p["variant"], "violation_frame": p["violation_frame"]}
+                yield {"frames": p["possible"], "states": p["possible_states"], **meta, "impossible": False}
+                yield {"frames": p["impossible"], "states": p["impossible_states"], **meta, "impossible": True}
+                pair_id += 1
+
+    classes = {"violation": list(VIOLATIONS)}
+    write_episodes(
+        target,
+        {"test": episodes()},
+        episodes_per_shard,
+        frame_format="png",
+        classes=classes,
+        extra={"pairs": pairs_per_type * len(classes["violation"])},
+    )
+    return target
+
+
+class IntuitivePhysicsDataModule(GeneratedVideoDataModule):
+    """The built-in intuitive-physics videos (see :mod:`data_modules.builtin.intuitive_physics`): possible clips only, written
+    as shards on first use, for video objectives that later score surprise on impossible twins. Clips are labelled by
+    the ball's speed bin (``label``: ``speed``)."""
+
+    dataset_dir = staticmethod(intuitive_physics_dir)
+    ensure_dataset = staticmethod(ensure_intuitive_physics_dataset)
+
+    def __init__(self, **kwargs) -> None:
+        """:class:`GeneratedVideoDataModule`'s arguments; the class count follows the speed bins unless given."""
+        if kwargs.get("num_classes") is None:
+            kwargs["num_classes"] = len(CLASSES["speed"])
+        super().__init__(**kwargs)

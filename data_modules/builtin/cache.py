@@ -1,0 +1,10 @@
+"""Where the built-in datasets are generated: ``$JEPA_DATA_DIR`` or ``~/.cache/jepa_platform``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("JEPA_DATA_DIR", Path.home() / ".cache" / "jepa_platform"))
