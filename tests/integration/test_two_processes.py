@@ -42,7 +42,9 @@ from jepa_platform.testing.two_processes import (
 SHORT = ("trainer.limit_train_batches=4", "trainer.limit_val_batches=2")
 #: the two default callbacks that the debug presets leave out for speed: back, so every default callback runs
 ALL_CALLBACKS = ("callbacks=default",)
-DEFAULT_CASES = [("ema_jepa", "ddp"), ("ac_jepa", "ddp"), ("vicreg", "fsdp"), ("ema_jepa", "fsdp"), ("ac_jepa", "fsdp")]
+#: the default suite's cases: both strategies, an image objective, a masked JEPA with its EMA target and a world model
+#: (every objective under both strategies: the slow matrix, ALL_CASES)
+DEFAULT_CASES = [("ema_jepa", "ddp"), ("vicreg", "fsdp"), ("ema_jepa", "fsdp"), ("ac_jepa", "fsdp")]
 ALL_CASES = [(name, strategy) for name in OBJECTIVES.names() for strategy in ("ddp", "fsdp")]
 
 
