@@ -44,7 +44,7 @@ SHORT = ("trainer.limit_train_batches=4", "trainer.limit_val_batches=2")
 ALL_CALLBACKS = ("callbacks=default",)
 #: the default suite's cases: both strategies, an image objective, a masked JEPA with its EMA target and a world model
 #: (every objective under both strategies: the slow matrix, ALL_CASES)
-DEFAULT_CASES = [("ema_jepa", "ddp"), ("vicreg", "fsdp"), ("ema_jepa", "fsdp"), ("ac_jepa", "fsdp")]
+DEFAULT_CASES = [("ema_jepa", "ddp"), ("ac_jepa", "ddp"), ("vicreg", "fsdp"), ("ema_jepa", "fsdp"), ("ac_jepa", "fsdp")]
 ALL_CASES = [(name, strategy) for name in OBJECTIVES.names() for strategy in ("ddp", "fsdp")]
 
 
