@@ -48,7 +48,7 @@ def _train(args: list[str]) -> int:
         run_app(args, task=lambda cfg: None if prints_only(args) else _train_task(args)(cfg))
         return 0
     args = [*args, *rank_overrides(args)]
-    run_once(args, task=lambda cfg: _train_task(args)(cfg), place=lambda cfg, overrides: _place(cfg, overrides))
+    run_once(args, task=lambda cfg: _train_task(args)(cfg), place=_place)
     return 0
 
 

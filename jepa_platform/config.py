@@ -275,8 +275,7 @@ def run_once(args: list[str], task: Callable[[DictConfig], None], place: Callabl
             with read_write(cfg.hydra), open_dict(cfg.hydra):  # run_job sets the run directory; this resolves the checks
                 cfg.hydra.runtime.output_dir = os.getcwd()
             HydraConfig.instance().set_config(cfg)
-            job_config(cfg)
-            check_run_settings(cfg)
+            _check_composed(cfg)
         except (OmegaConfBaseException, ConfigCompositionException, MissingConfigException) as exc:
             raise explain(exc, overrides, "train", conf) from exc
         with read_write(cfg.hydra), open_dict(cfg.hydra):
@@ -289,6 +288,12 @@ def run_once(args: list[str], task: Callable[[DictConfig], None], place: Callabl
         done = run_job(hydra_context=context, task_function=task, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None)
         callbacks.on_run_end(config=cfg, config_name="train", job_return=done)
         _ = done.return_value  # the task's exception, if it raised one
+
+
+def _check_composed(cfg: DictConfig) -> None:
+    """What a composed config must pass before anything runs: every value resolves, and the run settings are valid."""
+    job_config(cfg)
+    check_run_settings(cfg)
 
 
 def is_multirun(args: list[str]) -> bool:
@@ -312,12 +317,10 @@ def validate(args: list[str], config_name: str = "train") -> None:
     try:
         _check_syntax(overrides)
         _check_group_choices(overrides, conf)
-        combos = _expand_sweeps(overrides) if {"-m", "--multirun"} & set(flags) else [overrides]
+        combos = _expand_sweeps(overrides) if is_multirun(args) else [overrides]
         for combo in map(list, combos):
             overrides = combo
-            composed = compose_config(combo, config_name, conf)
-            job_config(composed)
-            check_run_settings(composed)
+            _check_composed(compose_config(combo, config_name, conf))
     except ConfigError:
         raise
     except (OmegaConfBaseException, ConfigCompositionException, MissingConfigException) as exc:

@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from data_modules.builtin.cache import default_cache_dir
+from data_modules.builtin.cache import cache_root
 from data_modules.sequences import SequenceDataModule
 from data_modules.shards import shard_pattern
 from data_modules.urls import MANIFEST
@@ -57,7 +57,7 @@ class NavigationDataModule(SequenceDataModule):
         **kwargs,
     ) -> None:
         self.environment = environment
-        self.root = Path(root).expanduser() if root else default_cache_dir()
+        self.root = cache_root(root)
         self.env_kwargs = {**(env or {}), "image_size": image_size}
         tag = hashlib.blake2b(json.dumps(self.env_kwargs, sort_keys=True).encode(), digest_size=4).hexdigest()
         self.directory = two_rooms_dir(self.root, dataset_seed, num_train, num_val, image_size, length, f"{policy}-{tag}", environment)

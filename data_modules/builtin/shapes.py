@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data_modules.builtin.cache import default_cache_dir
+from data_modules.builtin.cache import cache_root
 from data_modules.images import ImageDataModule
 from data_modules.shards import shard_pattern, write_dataset_atomically, write_split
 
@@ -227,7 +227,7 @@ class ShapesDataModule(ImageDataModule):
         samples_per_shard: int,
         **kwargs,
     ) -> None:
-        self.root = Path(root).expanduser() if root else default_cache_dir()
+        self.root = cache_root(root)
         self.gen = {"seed": dataset_seed, "num_train": num_train, "num_val": num_val, "image_size": image_size}
         self.samples_per_shard = samples_per_shard
         directory = shapes_dir(self.root, **self.gen)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from data_modules.builtin.cache import default_cache_dir
+from data_modules.builtin.cache import cache_root
 from data_modules.sequences import SequenceDataModule, write_episodes
 from data_modules.shards import shard_pattern
 from data_modules.urls import MANIFEST
@@ -49,7 +49,7 @@ class GeneratedVideoDataModule(SequenceDataModule):
         episodes_per_shard: int,
         **kwargs,
     ) -> None:
-        self.root = Path(root).expanduser() if root else default_cache_dir()
+        self.root = cache_root(root)
         self.gen = {"seed": dataset_seed, "num_train": num_train, "num_val": num_val, "image_size": image_size, "length": length}
         self.episodes_per_shard = episodes_per_shard
         directory = type(self).dataset_dir(self.root, **self.gen)

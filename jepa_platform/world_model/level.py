@@ -193,12 +193,20 @@ class UpperLevel(Level):
         self.latent_weight, self.smooth_weight, self.detach = latent_weight, smooth_weight, detach
         self.regulariser, self.macro_regulariser = regulariser, macro_regulariser
 
+    def chunks(self, actions: Tensor) -> Tensor:
+        """The ``stride`` actions of the level below after every step ``t``: ``(B, L-1, A)`` -> ``(B, L-stride, stride, A)``."""
+        return actions.unfold(1, self.stride, 1).movedim(-1, -2)
+
+    def macro_starts(self, s: Tensor) -> Tensor:
+        """The steps ``0, stride, 2 stride, ...`` where consecutive macro-steps of clips ``(B, L, dim)`` start."""
+        return torch.arange(0, s.shape[1] - self.stride, self.stride, device=s.device)
+
     def losses(self, z: Tensor, actions: Tensor, states: Tensor | None, step: int) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
         """This level's terms, their weighted total, the teacher-forced error of each clip ``(B,)`` and its embeddings
         ``(B, L, dim)``, from the level below's embeddings ``(B, L, D)`` and actions ``(B, L-1, A)``."""
         k = self.stride
         s = self.embed(z.detach() if self.detach else z)
-        macros = self.encode_actions(actions.unfold(1, k, 1).movedim(-1, -2))  # (B, L-k, macro_dim): after every t
+        macros = self.encode_actions(self.chunks(actions))  # (B, L-k, macro_dim): after every t
         inputs, reached = s[:, :-k], s[:, k:]
         terms: dict[str, Tensor] = {}
         conditioned = macros
@@ -208,7 +216,7 @@ class UpperLevel(Level):
             terms["latent_kl"] = kl.mean()
         predicted = self.predictor(inputs, conditioned)
         terms["prediction"] = F.mse_loss(predicted, reached)
-        starts = torch.arange(0, s.shape[1] - k, k, device=s.device)  # consecutive macro-steps from t = 0
+        starts = self.macro_starts(s)
         terms["rollout"] = F.mse_loss(self.rollout(s[:, 0], conditioned[:, starts]), s[:, starts + k])
         total = terms["prediction"] + terms["rollout"] + self.latent_weight * terms.get("latent_kl", 0.0)
         for prefix, regulariser, x in (("", self.regulariser, s), ("macro_", self.macro_regulariser, macros)):
@@ -228,7 +236,6 @@ class UpperLevel(Level):
 
     def validation_errors(self, s: Tensor, actions: Tensor) -> Tensor:
         """Open-loop error ``(H,)`` over consecutive macro-steps from ``t = 0`` of embeddings ``(B, L, dim)``."""
-        k = self.stride
-        starts = torch.arange(0, s.shape[1] - k, k, device=s.device)
-        macros = self.encode_actions(actions.unfold(1, k, 1).movedim(-1, -2)[:, starts])
-        return (self.rollout(s[:, 0], macros) - s[:, starts + k]).pow(2).mean(dim=(0, 2))
+        starts = self.macro_starts(s)
+        macros = self.encode_actions(self.chunks(actions)[:, starts])
+        return (self.rollout(s[:, 0], macros) - s[:, starts + self.stride]).pow(2).mean(dim=(0, 2))
