@@ -146,6 +146,7 @@ class StreamingDataModule(L.LightningDataModule):
         self.manifest = read_manifest(self._dataset_dir) if self._dataset_dir else None
         self._train: ShardStream | None = None
         self._restored: DataPosition | None = None
+        self._trained: tuple[int, int] | None = None  # (epoch, batches done) after the last trained batch
 
     # -- hooks for subclasses -----------------------------------------------------------------------------------
     def train_process(self) -> Callable[[dict], list[Any]]:
@@ -276,7 +277,9 @@ class StreamingDataModule(L.LightningDataModule):
     # -- resumable state ----------------------------------------------------------------------------------------
     # The data position is checkpointed with the model (Lightning stores a DataModule's state_dict in every
     # checkpoint) instead of being read from the trainer's loops when the loader is built: Lightning builds the
-    # loader before it restores its loops whenever something asks for ``estimated_stepping_batches`` first.
+    # loader before it restores its loops whenever something asks for ``estimated_stepping_batches`` first. The
+    # position is the one the last trained batch carries (``data_position``, written by the epoch plan), so the
+    # DataModule reads nothing of the trainer's loops.
     def _plan(self) -> DataPosition:
         _, world = self._rank_world
         return DataPosition(0, 0, world, self.batch_size, self.num_workers, self.train_batches_per_rank(), self.seed)
@@ -289,13 +292,23 @@ class StreamingDataModule(L.LightningDataModule):
             if position.batches:
                 log.info("resuming epoch %d after %d batches: those are re-read and dropped, not decoded", position.epoch, position.batches)
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A training batch hands over its place in the plan: after it, ``epoch`` has ``index + 1`` batches done."""
+        if isinstance(batch, dict) and "data_position" in batch:
+            batch = dict(batch)
+            epoch, index = batch.pop("data_position").tolist()  # a CPU tensor, before the batch moves: no device sync
+            self._trained = (epoch, index + 1)
+        return batch
+
     def state_dict(self) -> dict[str, Any]:
-        trainer = self.trainer
-        if trainer is None:
+        if self.trainer is None:
             return {}
-        # the epoch in progress (the last one started: at the end of training, the last one) and its trained batches
-        epoch = max(trainer.fit_loop.epoch_progress.current.started - 1, 0)
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if self._trained is not None:
+            epoch, done = self._trained
+        elif self._restored is not None:  # saved before a resumed run trained a batch: where it resumes
+            epoch, done = self._restored.epoch, self._restored.batches
+        else:
+            epoch, done = 0, 0
         return {"position": asdict(replace(self._plan(), epoch=epoch, batches=done))}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -13,7 +13,9 @@ covers the data exactly once nor can be replayed after a restart. Here an epoch 
 ``exact`` epochs drop at most ``world_size * batch_size - 1`` samples (the tail of that epoch's shard order) and
 need the shard sizes (manifest or local tar scan). ``resampled`` epochs draw whole shards with replacement per
 worker, for unknown sizes or very large data. Bad samples, truncated tars and missing shards are skipped and
-counted; each batch carries ``data_skipped`` (samples skipped since the worker's previous batch).
+counted; each batch carries ``data_skipped`` (samples skipped since the worker's previous batch), and each training
+batch its place in the plan, ``data_position`` = ``(epoch, index of the batch in the rank's epoch)``, which the
+DataModule reads when the batch is trained on (its checkpointed position; no loop counters of the trainer).
 """
 
 from __future__ import annotations
@@ -333,26 +335,38 @@ class ShardStream(IterableDataset):
         count = worker_batches(self.batches_per_rank, self._workers, role)
         skipped = worker_batches(skip, self._workers, role)
         items = self._items(raw, epoch, g, skipped * self.batch_size, budget, in_worker)
-        yield from self._batches(items, count - skipped, budget, itertools.islice(seeds, skipped, None), in_worker)
+        # the DataLoader takes batch i of a rank from worker i % W: this worker's k-th batch is the rank's k * W + role
+        positions = ((epoch, k * self._workers + role) for k in itertools.count(skipped))
+        yield from self._batches(items, count - skipped, budget, itertools.islice(seeds, skipped, None), in_worker, positions)
 
-    def _batches(self, items: Iterator[Any], count: int | None, budget: ErrorBudget, seeds: Iterator[int], in_worker: bool) -> Iterator[dict]:
+    def _batches(
+        self,
+        items: Iterator[Any],
+        count: int | None,
+        budget: ErrorBudget,
+        seeds: Iterator[int],
+        in_worker: bool,
+        positions: Iterator[tuple[int, int]] | None = None,
+    ) -> Iterator[dict]:
         if count is not None and count <= 0:
             return
         batch, made = [], 0
         for item in items:
             batch.append(item)
             if len(batch) == self.batch_size:
-                yield self._collate(batch, budget, next(seeds), in_worker)
+                yield self._collate(batch, budget, next(seeds), in_worker, next(positions) if positions else None)
                 batch, made = [], made + 1
                 if made == count:
                     return
         if batch and count is None:
-            yield self._collate(batch, budget, next(seeds), in_worker)
+            yield self._collate(batch, budget, next(seeds), in_worker, None)
 
-    def _collate(self, batch: list[Any], budget: ErrorBudget, seed: int, in_worker: bool) -> dict:
+    def _collate(self, batch: list[Any], budget: ErrorBudget, seed: int, in_worker: bool, position: tuple[int, int] | None) -> dict:
         # The collate hook may draw random numbers (mask samplers): seeded per batch, so that masks replay exactly
         # on resume and do not depend on which worker or process assembles the batch.
         with seeded_torch(seed, in_worker):
             out = self.collate(batch)
         out["data_skipped"] = torch.tensor(budget.take_unreported())
+        if position is not None:
+            out["data_position"] = torch.tensor(position)
         return out

@@ -158,7 +158,7 @@ class ImageDataModule(StreamingDataModule):
         """The seed of a batch's device views: the run's seed, the epoch and the batch's sample keys (which the epoch
         plan fixes per rank and batch), so that a resumed run makes the views of the uninterrupted one without
         reading the training loop's counters."""
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        epoch = self._trained[0] if self._trained is not None else 0  # the epoch the batch's data_position names
         digest = hashlib.blake2b("\n".join(map(str, keys)).encode(), digest_size=8).digest()
         return derive_seed(self.seed, epoch, int.from_bytes(digest, "little") >> 1)
 

@@ -85,7 +85,10 @@ def _transform_steps(node: Any) -> list[dict[str, Any]]:
     node = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
     if not isinstance(node, dict):
         return []
-    return list(node.get("transforms") or []) if str(node.get("_target_", "")).endswith("Compose") else [node]
+    target = str(node.get("_target_", ""))
+    if target.endswith("Steps"):  # data_modules.transforms.Steps: named steps, None left out
+        return [step for name, step in node.items() if name != "_target_" and isinstance(step, dict)]
+    return list(node.get("transforms") or []) if target.endswith("Compose") else [node]
 
 
 def input_spec(cfg: Any) -> dict[str, Any]:

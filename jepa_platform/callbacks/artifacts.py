@@ -10,8 +10,9 @@ system metrics. Each does nothing without an MLflow logger (``logger=none``) and
   and its signature) that ``mlflow.pytorch.load_model("runs:/<run id>/encoder")`` loads. MLflow's pytorch flavour
   is a pickle: load models from stores you trust only (``jepa export`` writes a weights-only file instead).
 - :class:`SystemMonitor`: ``perf/samples_per_sec`` (all ranks) each epoch, and ``system/*`` (CPU, memory, process
-  memory, GPU memory and utilisation when present) every ``every_n_seconds``, under the names MLflow's system
-  metrics use, logged through the run's logger so they survive a tracking outage like any metric.
+  memory, GPU memory and utilisation when present) on a logging step at most every ``every_n_seconds``, under the
+  names MLflow's system metrics use, logged with ``pl_module.log`` like every value over steps, so they survive a
+  tracking outage like any metric.
 """
 
 from __future__ import annotations
@@ -29,20 +30,17 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from jepa_platform.callbacks.cadence import logs_this_step
 from jepa_platform.callbacks.evaluation import VAL_LOADER, EmbeddingMonitor, exposed
 from jepa_platform.callbacks.progress import batch_samples
 from jepa_platform.distributed import gather_rows
 from jepa_platform.masking.collate import model_input
+from jepa_platform.tracking.logger import log_artifacts, run_logger
 
 log = logging.getLogger(__name__)
-
-
-def mlflow_logger(trainer: L.Trainer) -> MLFlowLogger | None:
-    return next((lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)), None)
 
 
 def rankme(singular_values: np.ndarray, eps: float = 1e-7) -> float:
@@ -80,23 +78,21 @@ class EmbeddingPlots(Callback):
             return
         # every rank hands its energies to rank 0 (the histogram is of the global batch); only rank 0 has the logger
         energies = {name: gather_rows(torch.cat(kept).float()) for name, kept in sorted(self._energies.items()) if kept}
-        logger = mlflow_logger(trainer)
-        if not trainer.is_global_zero or logger is None:
+        if not trainer.is_global_zero or run_logger(trainer) is None:
             return
         out = Path(trainer.default_root_dir) / "plots" / f"epoch{trainer.current_epoch:03d}"
         if self._draw(trainer, out, energies):
-            logger.experiment.log_artifacts(logger.run_id, str(out), f"plots/{out.name}")
+            log_artifacts(trainer, out, f"plots/{out.name}")
             self._latest = out
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        logger = mlflow_logger(trainer)
-        if logger is None or self._latest is None or not self._latest.is_dir():
+        if run_logger(trainer) is None or self._latest is None or not self._latest.is_dir():
             return
         final = self._latest.parent / "final"
         shutil.rmtree(final, ignore_errors=True)
         shutil.copytree(self._latest, final)
-        logger.experiment.log_artifacts(logger.run_id, str(final), "plots/final")
+        log_artifacts(trainer, final, "plots/final")
 
     def _draw(self, trainer: L.Trainer, out: Path, energies: dict[str, Tensor]) -> bool:
         from jepa_platform.tracking import figures
@@ -146,8 +142,7 @@ class EncoderModel(Callback):
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        logger = mlflow_logger(trainer)
-        if logger is None or self._example is None:
+        if run_logger(trainer) is None or self._example is None:
             return
         encoder = pl_module.export_encoder() if hasattr(pl_module, "export_encoder") else pl_module.encoder
         if any(type(p).__name__ == "DTensor" for p in encoder.parameters()):
@@ -160,7 +155,7 @@ class EncoderModel(Callback):
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
                 log.warning("encoder not logged as an MLflow model (%s): jepa export writes it as one file", first)
                 return
-            logger.experiment.log_artifacts(logger.run_id, str(path), self.artifact_path)
+            log_artifacts(trainer, path, self.artifact_path)
 
 
 def save_encoder_model(encoder: torch.nn.Module, example: Tensor, path: Path) -> Path:
@@ -203,10 +198,10 @@ class SystemMonitor(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._samples += batch_samples(batch) if isinstance(batch, dict) else 0
         self._last_batch_end = time.perf_counter()
-        if trainer.is_global_zero and time.monotonic() >= self._next_sample:
+        # sampled on steps that reach the logger (the others' values would never be seen), at most every_n_seconds
+        if trainer.is_global_zero and time.monotonic() >= self._next_sample and logs_this_step(trainer):
             self._next_sample = time.monotonic() + self.every_n_seconds
-            for lg in trainer.loggers:
-                lg.log_metrics(system_metrics(), step=trainer.global_step)
+            pl_module.log_dict(system_metrics(), on_step=True, on_epoch=False, rank_zero_only=True)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seconds = self._last_batch_end - self._epoch_start  # training batches only, not the epoch's validation

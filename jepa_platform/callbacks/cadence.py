@@ -11,7 +11,7 @@ def logs_this_step(trainer: L.Trainer | None) -> bool:
     last batch of an epoch and on the last step, so the run's final values are always logged; outside a fit: True."""
     if trainer is None or not trainer.training:
         return True
-    loop = trainer.fit_loop
-    if trainer._logger_connector.should_update_logs or loop.epoch_loop.batch_progress.is_last_batch:
+    # Lightning's own rule, read where it decides (it has no public name): the one read of its internals
+    if trainer._logger_connector.should_update_logs or trainer.is_last_batch:
         return True
     return trainer.max_steps > 0 and trainer.global_step + 1 >= trainer.max_steps

@@ -21,12 +21,12 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import MLFlowLogger
 
 from jepa_platform.callbacks.evaluation import EmbeddingMonitor
 from jepa_platform.distributed import world_size
 from jepa_platform.errors import JepaError
 from jepa_platform.parallel import local_tensor
+from jepa_platform.tracking.logger import set_tags
 
 log = logging.getLogger(__name__)
 POLICIES = ("stop", "skip")
@@ -62,14 +62,6 @@ def _first_over_ranks(step: torch.Tensor) -> torch.Tensor:
     out = torch.where(step >= 0, step, torch.full_like(step, never))
     dist.all_reduce(out, op=dist.ReduceOp.MIN)
     return torch.where(out == never, torch.full_like(out, -1), out)
-
-
-def tag_run(trainer: L.Trainer, tags: dict[str, Any]) -> None:
-    """Set tags on the run's MLflow run (rank 0; nothing without an MLflow logger)."""
-    logger = trainer.logger
-    if isinstance(logger, MLFlowLogger) and trainer.is_global_zero:
-        for key, value in tags.items():
-            logger.experiment.set_tag(logger.run_id, key, str(value))
 
 
 class NonFiniteGuard(Callback):
@@ -150,7 +142,7 @@ class NonFiniteGuard(Callback):
         first = int(first_bad)
         if first >= 0:
             what = self._names(self._bad_terms) or "gradients"
-            tag_run(trainer, {"nonfinite.step": first})
+            set_tags(trainer, {"nonfinite.step": first})
             raise TrainingDiverged(
                 f"training became non-finite at step {first} ({what} NaN or infinite): lower optimizer.lr, add "
                 "trainer.gradient_clip_val, or resume from an earlier checkpoint; nothing of this state was saved"
@@ -214,7 +206,7 @@ class CollapseMonitor(Callback):
             log.warning(
                 "collapse: %s for %d checks in a row at step %d%s", detail, self.in_a_row, trainer.global_step, ": stopping" if self.stop else ""
             )
-            tag_run(trainer, {"collapse.step": trainer.global_step, "collapse.detail": detail})
+            set_tags(trainer, {"collapse.step": trainer.global_step, "collapse.detail": detail})
             pl_module.log("collapse/detected", 1.0, on_step=True, on_epoch=False, batch_size=1)
             if self.stop:
                 trainer.should_stop = True

@@ -36,9 +36,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from jepa_platform import signals
 from jepa_platform.callbacks.checkpoint import ModelCheckpoint, validation_follows
-from jepa_platform.callbacks.guards import tag_run
 from jepa_platform.distributed import world_size
 from jepa_platform.errors import JepaError
+from jepa_platform.tracking.logger import set_tags
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class Preemption(Checkpoint):
             return
         checkpoint = self._save(trainer)
         requeued = self._requeue(trainer, signum)
-        tag_run(trainer, {"preempted.signal": signals.name(signum), "preempted.step": trainer.global_step, "preempted.checkpoint": checkpoint})
+        set_tags(trainer, {"preempted.signal": signals.name(signum), "preempted.step": trainer.global_step, "preempted.checkpoint": checkpoint})
         signals.record(signum)  # when another rank got it: this process stops for the same reason
         self.stop = Preempted(signum, trainer.global_step, checkpoint, requeued)
 

@@ -176,6 +176,31 @@ class RunLogger(MLFlowLogger):
             )
 
 
+def run_logger(trainer: Any) -> MLFlowLogger | None:
+    """The run's MLflow logger, or ``None`` (``logger=none``).
+
+    One way in for each kind of record: values over steps go through ``self.log`` (the LightningModule's, or a
+    callback's ``pl_module.log``); tags (what happened to the run) through :func:`set_tags`; files through
+    :func:`log_artifacts`. Nothing else writes to the run during training."""
+    return next((lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)), None)
+
+
+def set_tags(trainer: Any, tags: Mapping[str, Any]) -> None:
+    """Tag the run; call it from any rank (rank 0 writes; nothing without an MLflow logger)."""
+    logger = run_logger(trainer)
+    if logger is not None and trainer.is_global_zero:
+        for key, value in tags.items():
+            logger.experiment.set_tag(logger.run_id, key, str(value))
+
+
+def log_artifacts(trainer: Any, local_dir: str | Path, artifact_path: str) -> None:
+    """Upload the files under ``local_dir`` to ``artifact_path`` of the run (rank 0; through the outbox when the
+    logger has one; nothing without an MLflow logger)."""
+    logger = run_logger(trainer)
+    if logger is not None and trainer.is_global_zero:
+        logger.experiment.log_artifacts(logger.run_id, str(local_dir), artifact_path)
+
+
 def logged_steps(client: Any, run_id: str) -> dict[str, int]:
     """The last step each metric of a run was logged at."""
     keys = client.get_run(run_id).data.metrics.keys()

@@ -168,7 +168,8 @@ def test_grey_images_train_with_the_small_image_preset(tmp_path: Path, augment_o
 def test_skipped_samples_reach_mlflow(tiny_dataset: Path, tmp_path: Path, make_cfg):
     import mlflow
 
-    from jepa_platform.train import RUN_INFO, run_train
+    from jepa_platform.checkpoints import RUN_INFO
+    from jepa_platform.train import run_train
 
     data = tmp_path / "ds"
     shutil.copytree(tiny_dataset, data)

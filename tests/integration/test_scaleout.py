@@ -20,13 +20,13 @@ import pytest
 import torch
 from support.cli import run_jepa
 
-from jepa_platform.checkpoints import read_checkpoint
+from jepa_platform.checkpoints import RUN_INFO, read_checkpoint
 from jepa_platform.errors import CheckpointError
 from jepa_platform.export import FORMAT, load_exported
 from jepa_platform.parity import strategy_losses
 from jepa_platform.registry import OBJECTIVES
 from jepa_platform.testing import free_port
-from jepa_platform.train import RUN_INFO, run_train
+from jepa_platform.train import run_train
 
 REL = 1e-9
 NEGATIVE_CONTROL = ["objective=barlow", "objective._target_=support.controls.UngatheredBarlowTwins"]

@@ -11,9 +11,10 @@ import mlflow
 import pytest
 import torch
 
+from jepa_platform.checkpoints import RUN_INFO
 from jepa_platform.errors import CheckpointError
 from jepa_platform.eval import cli as eval_cli
-from jepa_platform.train import RUN_INFO, run_train
+from jepa_platform.train import run_train
 
 DESIGN_KEYS = [
     "train/loss",

@@ -167,6 +167,49 @@ def test_skip_batches_replays_the_rest_of_the_epoch(tiny_dataset: Path, workers:
         assert a["__key__"] == b["__key__"] and torch.equal(a["views"][1], b["views"][1])
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_batches_carry_their_place_in_the_plan_and_the_datamodule_keeps_the_last_trained(tiny_dataset: Path, workers: int):
+    dm = _dm(tiny_dataset, num_workers=workers)
+    full = list(dm._loader(dm.train_stream(start_epoch=3), persistent=False))
+    assert [b["data_position"].tolist() for b in full] == [[3, i] for i in range(len(full))]
+    rest = list(dm._loader(dm.train_stream(start_epoch=3, skip_batches=5), persistent=False))
+    assert [b["data_position"].tolist() for b in rest] == [[3, i] for i in range(5, len(full))]
+    # the position a checkpoint records is the one the last batch handed over, not a trainer counter
+    dm.trainer = type("Trainer", (), {"global_rank": 0, "world_size": 1})()
+    handed = dm.on_before_batch_transfer(rest[1], 0)
+    assert "data_position" not in handed and dm.state_dict()["position"]["epoch"] == 3
+    assert dm.state_dict()["position"]["batches"] == 7
+    dm.trainer = None
+    assert all("data_position" not in b for b in dm.eval_dataloader("val"))
+
+
+def _step_names(pipeline) -> list[str]:
+    return [type(t).__name__ for t in pipeline.transforms]
+
+
+def test_transform_presets_are_named_steps_that_overrides_change_one_at_a_time():
+    gray = build_preset("data=small_images_gray", "data.urls=x", num_workers=0, num_local_crops=1)
+    view, local = gray.view_transforms[0], gray.view_transforms[-1]
+    assert _step_names(view) == ["RandomResizedCrop", "RandomHorizontalFlip", "RandomApply", "RandomSolarize", "ToDtype", "Normalize"]
+    assert _step_names(local) == ["RandomResizedCrop", "RandomHorizontalFlip", "RandomApply", "ToDtype", "Normalize"]
+    jitter = view.transforms[2].transforms[0]
+    assert jitter.brightness == (0.6, 1.4) and jitter.saturation is None and jitter.hue is None
+    for pipeline in (view, local, gray.eval_transform):  # one place for the statistics: eval_transform.normalize
+        assert pipeline.transforms[-1].mean == [0.5] and pipeline.transforms[-1].std == [0.25]
+    colour = build_preset(
+        "data=small_images",
+        "data.urls=x",
+        "data.view_transform.grey=null",
+        "data.eval_transform.normalize.mean=[0.1,0.2,0.3]",
+        num_workers=0,
+        num_local_crops=1,
+    )
+    # the local views take flip, colour and grey from the global ones: one override changes both
+    assert "RandomGrayscale" not in _step_names(colour.view_transforms[0]) + _step_names(colour.view_transforms[-1])
+    assert colour.view_transforms[0].transforms[-1].mean == [0.1, 0.2, 0.3] == colour.view_transforms[-1].transforms[-1].mean
+    assert "RandomApply" in _step_names(build_preset("data=images", "data.urls=x", num_workers=0).view_transforms[0])[4:5]  # the blur
+
+
 def test_multi_crop_views_and_collate_hook(tiny_dataset: Path):
     def with_masks(items: list[dict]) -> dict:
         batch = default_collate(items)
