@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, default_collate
 
 from data_modules.epoch_plan import ShardStream, exact_batches_per_rank
@@ -146,7 +147,7 @@ class StreamingDataModule(L.LightningDataModule):
         self.manifest = read_manifest(self._dataset_dir) if self._dataset_dir else None
         self._train: ShardStream | None = None
         self._restored: DataPosition | None = None
-        self._trained: tuple[int, int] | None = None  # (epoch, batches done) after the last trained batch
+        self._trained: Tensor | None = None  # data_position (epoch, index) of the last trained batch
 
     # -- hooks for subclasses -----------------------------------------------------------------------------------
     def train_process(self) -> Callable[[dict], list[Any]]:
@@ -296,15 +297,15 @@ class StreamingDataModule(L.LightningDataModule):
         """A training batch hands over its place in the plan: after it, ``epoch`` has ``index + 1`` batches done."""
         if isinstance(batch, dict) and "data_position" in batch:
             batch = dict(batch)
-            epoch, index = batch.pop("data_position").tolist()  # a CPU tensor, before the batch moves: no device sync
-            self._trained = (epoch, index + 1)
+            self._trained = batch.pop("data_position")  # (epoch, index): read when a checkpoint is written
         return batch
 
     def state_dict(self) -> dict[str, Any]:
         if self.trainer is None:
             return {}
         if self._trained is not None:
-            epoch, done = self._trained
+            epoch, index = self._trained.tolist()  # a host tensor of the loader, never on the device
+            done = index + 1
         elif self._restored is not None:  # saved before a resumed run trained a batch: where it resumes
             epoch, done = self._restored.epoch, self._restored.batches
         else:

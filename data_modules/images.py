@@ -22,6 +22,7 @@ from data_modules.datamodule import StreamingDataModule, auto_workers
 from data_modules.decode import decode_image_sample
 from data_modules.epoch_plan import derive_seed
 from jepa_platform.errors import ConfigError, DataError
+from jepa_platform.host_syncs import host_side
 
 Transform = Callable[[Tensor], Tensor]
 
@@ -158,7 +159,8 @@ class ImageDataModule(StreamingDataModule):
         """The seed of a batch's device views: the run's seed, the epoch and the batch's sample keys (which the epoch
         plan fixes per rank and batch), so that a resumed run makes the views of the uninterrupted one without
         reading the training loop's counters."""
-        epoch = self._trained[0] if self._trained is not None else 0  # the epoch the batch's data_position names
+        with host_side():  # the loader's position tensor: it never goes to the device
+            epoch = int(self._trained[0]) if self._trained is not None else 0  # the epoch the batch's data_position names
         digest = hashlib.blake2b("\n".join(map(str, keys)).encode(), digest_size=8).digest()
         return derive_seed(self.seed, epoch, int.from_bytes(digest, "little") >> 1)
 

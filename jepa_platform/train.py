@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from torch.utils.data import default_collate
 
 from jepa_platform import signals
+from jepa_platform.callbacks.cadence import logged_on_host
 from jepa_platform.callbacks.preemption import Preempted, Preemption
 from jepa_platform.callbacks.progress import ProgressBar
 from jepa_platform.callbacks.rng import RNGStates
@@ -167,6 +168,7 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
         callbacks.append(ProgressBar(every_n_steps=int(cfg.trainer.get("log_every_n_steps") or 10)))
     trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    logged_on_host(trainer)  # a logging step's values reach the host in one transfer per device
     if ckpt_path is not None and is_sharded(ckpt_path) and not isinstance(trainer.strategy, ModelParallelStrategy):
         raise CheckpointError(
             f"{ckpt_path} is a sharded (FSDP) checkpoint: resume it with trainer=fsdp, or consolidate it first with "

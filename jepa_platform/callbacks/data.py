@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from jepa_platform.callbacks.cadence import logs_this_step
@@ -18,24 +19,23 @@ class DataHealth(Callback):
     """
 
     def __init__(self) -> None:
-        self.skipped = 0
-        self._pending: Any = 0  # this rank's count since the last logged step, on the batch's device (no host sync)
+        self._loaded = 0  # the total of the checkpoint this run resumed from
+        self._total: Any = 0  # this rank's skipped samples since then, on the batch's device (read at checkpoints)
+
+    @property
+    def skipped(self) -> int:
+        return self._loaded + int(self._total)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not isinstance(batch, dict) or "data_skipped" not in batch:
             return
-        self._pending = self._pending + batch["data_skipped"]
-        if logs_this_step(trainer):
-            self._settle()
-            pl_module.log("data/skipped", float(self.skipped), on_step=True, on_epoch=False, reduce_fx="sum", sync_dist=trainer.world_size > 1)
-
-    def _settle(self) -> None:
-        self.skipped += int(self._pending)
-        self._pending = 0
+        self._total = self._total + batch["data_skipped"]
+        if logs_this_step(trainer):  # a device tensor: it reaches the host with the step's other values
+            value = self._total.to(torch.float64) + self._loaded
+            pl_module.log("data/skipped", value, on_step=True, on_epoch=False, reduce_fx="sum", sync_dist=trainer.world_size > 1)
 
     def state_dict(self) -> dict[str, int]:
-        self._settle()
         return {"skipped": self.skipped}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self.skipped, self._pending = int(state_dict.get("skipped", 0)), 0
+        self._loaded, self._total = int(state_dict.get("skipped", 0)), 0

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from jepa_platform.callbacks.cadence import logs_this_step
 from jepa_platform.parallel import paired_local_tensors
 
 
@@ -64,7 +65,8 @@ class EMATargetUpdate(Callback):
         momentum = self.momentum(trainer, step - 1)
         pl_module.update_target(momentum)
         self.last_step = step
-        pl_module.log("train/ema_momentum", momentum, batch_size=1)
+        if logs_this_step(trainer):  # a Python float becomes a device tensor: only where a logger reads it
+            pl_module.log("train/ema_momentum", momentum, batch_size=1)
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_step": self.last_step}

@@ -30,6 +30,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from jepa_platform.callbacks.cadence import logs_this_step
 from jepa_platform.distributed import gather_rows
 from jepa_platform.metrics.alignment import AlignmentUniformity, alignment, uniformity
 from jepa_platform.metrics.embedding import EmbeddingStats, embedding_stats
@@ -106,7 +107,7 @@ class OnlineProbe(Callback):
                     dist.all_reduce(p.grad)
                     p.grad /= trainer.world_size
         self.optimizer.step()
-        if MAIN in losses:
+        if MAIN in losses and logs_this_step(trainer):
             pl_module.log("train/probe_loss", losses[MAIN].detach(), batch_size=labels.shape[0])
 
     def on_validation_batch_end(

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
+from jepa_platform.callbacks.cadence import logged_on_host, logs_this_step
 from jepa_platform.callbacks.evaluation import EmbeddingMonitor
 from jepa_platform.distributed import world_size
 from jepa_platform.errors import JepaError
@@ -69,7 +70,8 @@ class NonFiniteGuard(Callback):
 
     Args:
         policy: ``stop`` or ``skip``.
-        check_every_n_steps: how often ``stop`` reads its device flag (also before every checkpoint).
+        check_every_n_steps: how often ``stop`` reads its device flag: on the first step that logs once this many
+            steps have passed (a logging step reads the device anyway), before every checkpoint and at the end.
         max_consecutive: under ``skip``, bad steps in a row after which the run stops.
     """
 
@@ -83,6 +85,7 @@ class NonFiniteGuard(Callback):
         self.in_a_row = 0
         self._first_bad: torch.Tensor | None = None  # step of the first non-finite loss/grad, -1 if none (device)
         self._bad_terms: dict[str, torch.Tensor] = {}
+        self._due = False
 
     # -- detection on the device --------------------------------------------------------------------------------
     def _step_flags(self, pl_module: L.LightningModule) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -122,7 +125,10 @@ class NonFiniteGuard(Callback):
         for name, flag in term_flags.items():
             seen = self._bad_terms.get(name, torch.zeros((), dtype=torch.bool, device=flag.device))
             self._bad_terms[name] = seen | (flag & ~seen & (self._first_bad == step))
-        if (step + 1) % self.every == 0:
+        # read on a step that logs (which reads the device anyway), the first one once check_every_n_steps have passed
+        self._due = self._due or (step + 1) % self.every == 0
+        if self._due and logs_this_step(trainer):
+            self._due = False
             self.check(trainer)
 
     @staticmethod
@@ -188,25 +194,38 @@ class CollapseMonitor(Callback):
         self.in_a_row = 0
         self.tripped_at: int | None = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        monitor = next((c for c in trainer.callbacks if isinstance(c, EmbeddingMonitor)), None)
-        # asked after the step, when global_step already counts it: were the statistics logged by the step just taken?
-        if monitor is None or not monitor.due(trainer.global_step - 1):
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._host = logged_on_host(trainer)
+        self._seen = self._host.seq
+
+    # Decided from the host copy of the values a logging step transferred (cadence.logged_on_host), after that
+    # transfer: at the next step's start or the epoch's end. Reading them itself would be a second wait per step.
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._check(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer, pl_module)
+
+    def _check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        host = getattr(self, "_host", None)
+        if host is None or host.seq == self._seen:
             return
-        metrics = trainer.callback_metrics
-        rank, std = metrics.get(f"{self.where}/rank"), metrics.get(f"{self.where}/std_mean")
+        self._seen = host.seq
+        monitor = next((c for c in trainer.callbacks if isinstance(c, EmbeddingMonitor)), None)
+        # the transfer came after the step, when global_step already counted it: were the statistics that step's?
+        if monitor is None or not monitor.due(host.step - 1):
+            return
+        rank, std = host.values.get(f"{self.where}/rank"), host.values.get(f"{self.where}/std_mean")
         if rank is None and std is None:
             return
-        collapsed = (rank is not None and float(rank) < self.min_rank) or (std is not None and float(std) < self.min_std)
+        collapsed = (rank is not None and rank < self.min_rank) or (std is not None and std < self.min_std)
         self.in_a_row = self.in_a_row + 1 if collapsed else 0
         if self.in_a_row >= self.patience and self.tripped_at is None:
-            self.tripped_at = trainer.global_step
-            rank_v, std_v = (float(v) if v is not None else float("nan") for v in (rank, std))
+            self.tripped_at = host.step
+            rank_v, std_v = (v if v is not None else float("nan") for v in (rank, std))
             detail = f"{self.where}/rank={rank_v:.3f} (min {self.min_rank}), {self.where}/std_mean={std_v:.2e} (min {self.min_std})"
-            log.warning(
-                "collapse: %s for %d checks in a row at step %d%s", detail, self.in_a_row, trainer.global_step, ": stopping" if self.stop else ""
-            )
-            set_tags(trainer, {"collapse.step": trainer.global_step, "collapse.detail": detail})
+            log.warning("collapse: %s for %d checks in a row at step %d%s", detail, self.in_a_row, host.step, ": stopping" if self.stop else "")
+            set_tags(trainer, {"collapse.step": host.step, "collapse.detail": detail})
             pl_module.log("collapse/detected", 1.0, on_step=True, on_epoch=False, batch_size=1)
             if self.stop:
                 trainer.should_stop = True

@@ -38,6 +38,7 @@ from jepa_platform import signals
 from jepa_platform.callbacks.checkpoint import ModelCheckpoint, validation_follows
 from jepa_platform.distributed import world_size
 from jepa_platform.errors import JepaError
+from jepa_platform.host_syncs import host_side
 from jepa_platform.tracking.logger import set_tags
 
 log = logging.getLogger(__name__)
@@ -108,10 +109,12 @@ class Preemption(Checkpoint):
 
     def _signal_over_ranks(self) -> int:
         """The largest signal number any rank received (0: none). Every rank must call it at the same point."""
+        if self._group is None:
+            return signals.received()
         flag = torch.tensor([signals.received()], dtype=torch.int32)
-        if self._group is not None:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
-        return int(flag[0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        with host_side():  # a CPU tensor reduced over the gloo side group: no device work to wait for
+            return int(flag[0])
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if self.stop is not None:  # decided and saved at the previous boundary; that step's metrics have been logged

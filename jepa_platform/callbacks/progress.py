@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
+from jepa_platform.callbacks.cadence import logged_on_host
 from jepa_platform.masking.collate import model_input
 
 log = logging.getLogger("jepa_platform")
@@ -63,14 +65,28 @@ class EpochSummary(Callback):
 
 
 class ProgressBar(TQDMProgressBar):
-    """Lightning's bar, refreshed every step on CPU but every ``every_n_steps`` on an accelerator: each refresh reads
-    the logged loss back from the device, and that wait on every step keeps the host from queueing the next one."""
+    """Lightning's bar, moved every step but with the loss read every ``every_n_steps`` (and at an epoch's end) on
+    every device: each read waits for the step's kernels, and a wait on every step keeps the host from queueing the
+    next one."""
 
-    def __init__(self, every_n_steps: int = 10) -> None:
+    def __init__(self, every_n_steps: int) -> None:
         super().__init__(refresh_rate=1)
         self.every_n_steps = max(int(every_n_steps), 1)
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if trainer.strategy.root_device.type != "cpu":
-            self._refresh_rate = self.every_n_steps
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        bar, n = self.train_progress_bar, batch_idx + 1
+        if bar is None or bar.disable:
+            return
+        bar.n = n
+        if n % self.every_n_steps == 0 or n == bar.total:
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+        bar.refresh()
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """The run's version and the last logged ``train/loss``, from the host copy of the last logging step
+        (objectives do not log it with ``prog_bar``, which Lightning would read to the host after every batch)."""
+        items: dict[str, Any] = dict(super().get_metrics(trainer, pl_module))
+        loss = logged_on_host(trainer).values.get("train/loss")  # the host copy: no read of the device here
+        if loss is not None:
+            items["train/loss"] = f"{loss:.4g}"
+        return items

@@ -33,8 +33,6 @@ def _rank_from_eigvals(eig: Tensor, eps: float = 1e-7) -> Tensor:
 
 def _statistics(n: Tensor, total: Tensor, gram: Tensor, dead_threshold: float) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """The statistics, the correlation matrix and the singular values of Z (descending) from its moments."""
-    if n < 2:
-        raise ValueError("embedding statistics need at least 2 samples")
     mean = total / n
     finite = torch.isfinite(gram).all()
     cov = (gram - n * torch.outer(mean, mean)) / (n - 1)
@@ -63,6 +61,8 @@ def stats_from_moments(n: Tensor, total: Tensor, gram: Tensor, dead_threshold: f
 
 def embedding_stats(z: Tensor, dead_threshold: float = 1e-3) -> dict[str, Tensor]:
     """Statistics of one batch of embeddings ``(..., D)``; leading dimensions are flattened into samples."""
+    if z[..., 0].numel() < 2:  # the shape, known on the host: no read of the device
+        raise ValueError("embedding statistics need at least 2 samples")
     return stats_from_moments(*_moments(z), dead_threshold=dead_threshold)
 
 
@@ -95,6 +95,8 @@ class EmbeddingStats(Metric):
         self.gram += gram
 
     def compute(self) -> dict[str, Tensor]:
+        if self.n < 2:  # after validation, not in a training step
+            raise ValueError("embedding statistics need at least 2 samples")
         stats, corr, singular_values = _statistics(self.n, self.total, self.gram, self.dead_threshold)
         self.spectrum = singular_values.float().cpu()
         self.correlation = corr[: self.plot_dims, : self.plot_dims].float().cpu()

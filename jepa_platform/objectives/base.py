@@ -207,7 +207,8 @@ class Objective(L.LightningModule):
         self.last_loss = out
         if not logs_this_step(self._trainer):  # nothing would read them: no reduction, no transfer
             return
-        self.log("train/loss", out.total, prog_bar=True, batch_size=batch_size, sync_dist=True)
+        # not prog_bar: Lightning reads progress-bar values to the host at every batch's end (ProgressBar shows it)
+        self.log("train/loss", out.total, batch_size=batch_size, sync_dist=True)
         for name, value in out.terms.items():
             self.log(f"train/loss/{name}", value, batch_size=batch_size, sync_dist=True)
         if energy is not None:

@@ -13,6 +13,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from jepa_platform.objectives.barlow import BarlowTwins
+from jepa_platform.objectives.vicreg import VICReg
 
 
 class UngatheredBarlowTwins(BarlowTwins):
@@ -24,6 +25,18 @@ class UngatheredBarlowTwins(BarlowTwins):
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+
+class SyncingVICReg(VICReg):
+    """VICReg that reads its loss on the host in every training step (a Python ``if`` on a tensor): the host sync the
+    step's sync count catches. Never train with it."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        out = super().training_step(batch, batch_idx)
+        loss = out["loss"] if isinstance(out, dict) else out
+        if loss > 1e9:  # a decision on the host: waits for the step's kernels on a GPU
+            raise RuntimeError("loss exploded")
+        return out
 
 
 class ListStateTruthiness(Metric):

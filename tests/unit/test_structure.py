@@ -14,7 +14,7 @@ SOURCES = sorted([*(ROOT / "jepa_platform").rglob("*.py"), *(ROOT / "data_module
 RULES = {
     # values over steps go through self.log; tags and files through tracking.logger.set_tags / log_artifacts
     "MLflow written outside jepa_platform/tracking/": (
-        re.compile(r"\.experiment\b|\blog_metrics\(|\.set_tag\(|\.log_artifacts?\(|\.loggers\s*[:\[)]|in trainer\.loggers"),
+        re.compile(r"\.experiment\b|(?<!def )\blog_metrics\(|\.set_tag\(|\.log_artifacts?\(|\.loggers\s*[:\[)]|in trainer\.loggers"),
         ("jepa_platform/tracking/",),
     ),
     # data, objectives and callbacks read what they are handed; the logging cadence is Lightning's one private read
