@@ -14,7 +14,7 @@ from datetime import date
 
 import torch
 
-from benchmarks import hierarchical_planning, levers, peer_lightly, planning, step_overhead
+from benchmarks import framework_overhead, hierarchical_planning, levers, peer_lightly, planning, step_overhead
 
 
 def main() -> None:
@@ -22,6 +22,8 @@ def main() -> None:
     print(f"{date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, no GPU used\n")
     print("== step_overhead: platform (Lightning, callbacks, MLflow) vs a bare loop, same batches ==")
     overhead = step_overhead.main([])
+    print("\n== framework_overhead: every objective, a model whose step costs a few ms, ms per step the platform adds ==")
+    tiny = framework_overhead.main(["--rounds", "2"])
     print("\n== peer_lightly: SimCLR ResNet-18 vs a hand-written lightly loop ==")
     peer = peer_lightly.main([])
     print("\n== levers ==")
@@ -35,6 +37,8 @@ def main() -> None:
     print(f"{'measurement':<70}{'ratio':>8}  target")
     for row in overhead:
         print(f"{'platform / bare step time, ' + row['objective']:<70}{row['ratio']:>8.3f}  <= 1.05")
+    for row in tiny:
+        print(f"{'platform - bare, ms per step that does not log (tiny model), ' + row['objective']:<70}{row['overhead_ms']:>8.2f}  <= 1 ms")
     print(f"{'platform / lightly samples/s, end to end (augment_on=' + peer['best_augment_on'] + ')':<70}{peer['end_to_end_ratio']:>8.2f}  >= 2")
     print(f"{'platform / lightly samples/s, model step only':<70}{peer['step_ratio']:>8.2f}")
     print(f"{'platform end to end / platform model step only':<70}{peer['end_to_end_over_step']:>8.2f}  >= 0.75")

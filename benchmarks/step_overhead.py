@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import open_dict
 from torch.utils.data import DataLoader, Dataset
 
+from jepa_platform.callbacks.cadence import logged_on_host
 from jepa_platform.config import build, compose_config
 from jepa_platform.objectives import JointEmbeddingObjective
 from jepa_platform.tracking import RunLogger
@@ -114,6 +115,7 @@ def platform_steps(cfg: Any, batches: list[dict]) -> list[float]:
     timer = StepTimes()
     logger = _build_logger(cfg, None)
     trainer = build(cfg.trainer, "trainer", callbacks=[*_instantiate_callbacks(cfg.callbacks), timer], logger=logger)
+    logged_on_host(trainer)  # as run_train: a logging step's values reach the host in one transfer
     if isinstance(logger, RunLogger):
         logger.connect()
     loader = DataLoader(Batches(batches), batch_size=None)

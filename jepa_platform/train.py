@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.trainer.states import TrainerStatus
@@ -162,8 +162,6 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     logger = _build_logger(cfg, ckpt_path)
     recorder = RunRecorder(config, output_dir, ckpt_path is not None, _objective_name(cfg), previous=previous_config)
     callbacks = [*callbacks, RNGStates(), recorder]
-    if not logger:  # nothing to record learning rates into (ranks other than 0 have no logger: it holds no state)
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if cfg.trainer.get("enable_progress_bar", True) is not False:
         callbacks.append(ProgressBar(every_n_steps=int(cfg.trainer.get("log_every_n_steps") or 10)))
     trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)

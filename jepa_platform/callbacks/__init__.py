@@ -7,6 +7,7 @@ from jepa_platform.callbacks.checkpoint import ModelCheckpoint
 from jepa_platform.callbacks.data import DataHealth
 from jepa_platform.callbacks.evaluation import EmbeddingMonitor, KNNMonitor, OnlineProbe
 from jepa_platform.callbacks.guards import CollapseMonitor, NonFiniteGuard, TrainingDiverged
+from jepa_platform.callbacks.learning_rates import LearningRates
 from jepa_platform.callbacks.preemption import Preempted, Preemption
 from jepa_platform.callbacks.progress import EpochSummary, ProgressBar, batch_samples
 from jepa_platform.callbacks.rng import RNGStates
@@ -19,6 +20,7 @@ __all__ = [
     "EncoderModel",
     "EpochSummary",
     "KNNMonitor",
+    "LearningRates",
     "ModelCheckpoint",
     "NonFiniteGuard",
     "OnlineProbe",

@@ -21,6 +21,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
+from torch.distributed.tensor import DTensor
 
 from jepa_platform.callbacks.cadence import logged_on_host, logs_this_step
 from jepa_platform.callbacks.evaluation import EmbeddingMonitor
@@ -37,8 +38,10 @@ class TrainingDiverged(JepaError):
     """The loss or the gradients became NaN or infinite."""
 
 
-def _grads_finite(module: torch.nn.Module) -> torch.Tensor:
-    grads = [local_tensor(p.grad) for p in module.parameters() if p.grad is not None]
+def _grads_finite(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if any(isinstance(g, DTensor) for g in grads):  # FSDP: this rank's shards
+        grads = [local_tensor(g) for g in grads]
     if not grads:
         return torch.tensor(True)
     norms = torch._foreach_norm(grads)
@@ -86,16 +89,24 @@ class NonFiniteGuard(Callback):
         self._first_bad: torch.Tensor | None = None  # step of the first non-finite loss/grad, -1 if none (device)
         self._bad_terms: dict[str, torch.Tensor] = {}
         self._due = False
+        self._parameters: list[torch.nn.Parameter] | None = None
 
     # -- detection on the device --------------------------------------------------------------------------------
     def _step_flags(self, pl_module: L.LightningModule) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = getattr(pl_module, "last_loss", None)
         terms = {"total": out.total, **out.terms} if out is not None else {}
-        term_flags = {name: ~torch.isfinite(value.detach()).all() for name, value in terms.items()}
-        bad = ~_grads_finite(pl_module)
-        for flag in term_flags.values():
-            bad = bad | flag.to(bad.device)
-        return bad, term_flags
+        if self._parameters is None:  # listed once: walking the module tree costs more than the check itself
+            self._parameters = [p for p in pl_module.parameters() if p.requires_grad]
+        bad = ~_grads_finite(self._parameters)
+        if not terms:
+            return bad, {}
+        # one stack and one check for every term (each term on its own costs a few kernels per step)
+        values = [v.detach().float().reshape(()) if v.numel() == 1 else v.detach().float().sum() for v in terms.values()]
+        flags = ~torch.isfinite(torch.stack(values).to(bad.device))
+        return bad | flags.any(), dict(zip(terms, flags.unbind(), strict=True))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._parameters = None  # the parameters as the strategy left them (FSDP replaces them with sharded ones)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
         bad, term_flags = self._step_flags(pl_module)

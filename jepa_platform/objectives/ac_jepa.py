@@ -297,9 +297,8 @@ class ACJEPA(Objective):
         for index, level in enumerate(self.levels[1:], start=1):
             terms, level_total, level_per_clip, below = level.losses(below, actions, states, self.global_step)
             prefix = metric_prefix(index)
-            for name, value in terms.items():
-                self.log(f"{prefix}loss/{name}", value, batch_size=bs, sync_dist=True)
-            self.log(f"{prefix}energy", level_per_clip.mean(), batch_size=bs, sync_dist=True)
+            values = {f"{prefix}loss/{name}": value for name, value in terms.items()}
+            self.log_step_values({**values, f"{prefix}energy": level_per_clip.mean()}, bs)
             energies[prefix.rstrip("/")] = level_per_clip
             total = total + level_total
         flat = z.detach().flatten(0, 1)

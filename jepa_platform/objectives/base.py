@@ -201,18 +201,21 @@ class Objective(L.LightningModule):
         self.exposed = {}
 
     # -- shared logging -----------------------------------------------------------------------------------------
+    def log_step_values(self, values: dict[str, Tensor], batch_size: int) -> None:
+        """Training values averaged over ranks, on the steps that log only: the one way objectives log per step
+        (logged on every step, each value costs Lightning's bookkeeping and, under DDP, an all-reduce)."""
+        if not logs_this_step(self._trainer):
+            return
+        for name, value in values.items():
+            self.log(name, value, batch_size=batch_size, sync_dist=True)
+
     def log_loss(self, out: LossOutput, energy: Tensor | None, batch_size: int) -> None:
         """``train/loss``, ``train/loss/<term>`` and ``train/energy`` (averaged over ranks) on the steps that log. The
         step's loss stays on ``last_loss`` for callbacks that inspect it (the non-finite guard)."""
         self.last_loss = out
-        if not logs_this_step(self._trainer):  # nothing would read them: no reduction, no transfer
-            return
         # not prog_bar: Lightning reads progress-bar values to the host at every batch's end (ProgressBar shows it)
-        self.log("train/loss", out.total, batch_size=batch_size, sync_dist=True)
-        for name, value in out.terms.items():
-            self.log(f"train/loss/{name}", value, batch_size=batch_size, sync_dist=True)
-        if energy is not None:
-            self.log("train/energy", energy, batch_size=batch_size, sync_dist=True)
+        values = {"train/loss": out.total, **{f"train/loss/{name}": value for name, value in out.terms.items()}}
+        self.log_step_values({**values, **({"train/energy": energy} if energy is not None else {})}, batch_size)
 
     # -- optimisation -------------------------------------------------------------------------------------------
     def global_batch_size(self) -> int:

@@ -254,8 +254,7 @@ class HJEPA(MaskedJEPA):
         bs = x.shape[0]
         out = LossOutput(total + regularisation, {**terms, **regs})
         self.log_loss(out, sum(e.detach() for e in energies), bs)
-        for k, e in enumerate(energies, start=1):
-            self.log(f"level{k}/energy", e, batch_size=bs, sync_dist=True)
+        self.log_step_values({f"level{k}/energy": e for k, e in enumerate(energies, start=1)}, bs)
         features = torch.cat(pooled, dim=1)
         levels = {f"level{k}": p for k, p in enumerate(pooled, start=1)}
         self.expose(

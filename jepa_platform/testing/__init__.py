@@ -93,14 +93,14 @@ def build_objective(overrides: tuple[str, ...], seed: int = 0, dtype: torch.dtyp
     return instantiate(cfg.objective, _convert_="all").to(dtype)
 
 
-def objective_batch(model: nn.Module, batch_size: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+def objective_batch(model: nn.Module, batch_size: int, seed: int = 0, dtype: torch.dtype = torch.float32, image_size: int = 32) -> dict[str, Any]:
     """:func:`example_batch` passed through the objective's training collate (as the DataLoader workers would), so
     that objectives that sample masks per batch get them, drawn from ``seed``."""
     from torch.utils.data import default_collate
 
     if getattr(model, "needs_actions", False):
-        return example_clip_batch(batch_size, seed=seed, dtype=dtype)
-    batch = example_batch(batch_size, seed=seed, dtype=dtype)
+        return example_clip_batch(batch_size, seed=seed, dtype=dtype, image_size=image_size)
+    batch = example_batch(batch_size, seed=seed, dtype=dtype, image_size=image_size)
     collate = model.train_collate(default_collate) if hasattr(model, "train_collate") else default_collate
     if collate is default_collate:
         return batch

@@ -1,0 +1,153 @@
+"""Framework overhead at GPU scale: what the platform adds to a training step whose model costs well under a
+millisecond, where on a GPU the Python around the step, not the model, sets the pace.
+
+For every registered objective, a tiny version of its debug recipe (a one-block ViT of width 16 on 8 px inputs for
+image objectives, 16 px for the masked JEPAs, whose masks need an 8x8 token grid; a 3-layer convnet of width 4 on
+8 px frames for world models; batch 16) is trained through ``trainer.fit`` as
+``jepa train`` builds it: the default callbacks (online probe, embedding statistics, kNN, collapse monitor,
+non-finite guard, EMA, data health, system monitor, plots, pre-emption), the MLflow logger (a local sqlite store),
+the LR schedule, ``log_every_n_steps=10``. Against it, the same model, optimiser and EMA update in a bare loop on the
+same pre-made batches (no data loading in either). Steps are timed from one batch start to the next; ``overhead`` is
+the median over the steps that do not log, ``mean overhead`` their mean (the online probe trains on every 4th
+step), and the last column the mean over the steps that log; the best of the interleaved rounds. Target: overhead
+<= 1 ms per step that does not log.
+
+    python -m benchmarks.framework_overhead [--objectives vicreg,ac_jepa] [--steps 60] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from omegaconf import open_dict
+
+from benchmarks.step_overhead import bare_steps, platform_steps
+from jepa_platform.config import build, compose_config
+from jepa_platform.registry import OBJECTIVES
+from jepa_platform.testing import encoder_overrides, objective_batch
+
+LOG_EVERY = 10
+#: the tiny model of each kind of debug recipe
+TINY = {
+    "debug=fast": [
+        "encoder=vit_test",
+        "+encoder.model_kwargs.embed_dim=16",
+        "encoder.model_kwargs.patch_size=2",
+        "+encoder.model_kwargs.depth=1",
+        "+encoder.model_kwargs.num_heads=1",
+        "+encoder.model_kwargs.mlp_ratio=1",
+        "objective.projector_dims=[16,16]",
+    ],
+    "debug=fast_vit": [
+        "data.image_size=16",  # an 8x8 token grid: the masks (and H-JEPA's 2x2 cells) need more than 4x4
+        "+encoder.model_kwargs.embed_dim=16",
+        "encoder.model_kwargs.patch_size=2",
+        "+encoder.model_kwargs.depth=1",
+        "+encoder.model_kwargs.num_heads=1",
+        "+encoder.model_kwargs.mlp_ratio=1",
+    ],
+    "debug=fast_wm": ["encoder.channels=[4,4,4]", "encoder.embed_dim=16", "objective.predictor.hidden=16"],
+}
+
+
+#: narrow one-block predictors for the objectives that have them (their recipes' are several blocks of width 96)
+ONE_BLOCK = ["objective.predictor_dim=16", "objective.predictor_depth=1", "objective.predictor_heads=1"]
+TINY_OBJECTIVE = {
+    "ema_jepa": ONE_BLOCK,
+    "pixel_predictor": ONE_BLOCK,
+    "h_jepa": [
+        *(f"objective.levels.{k}.predictor_{key}={value}" for k in (0, 1) for key, value in (("dim", 16), ("depth", 1), ("heads", 1))),
+        "objective.levels.1.dim=16",
+        "objective.levels.1.depth=1",
+        "objective.levels.1.heads=1",
+    ],
+}
+
+
+def tiny_config(name: str, runs: Path, batch_size: int, steps: int, extra: tuple[str, ...] = ()) -> Any:
+    debug = encoder_overrides(name)[0]
+    return compose_config(
+        [
+            debug,
+            f"objective={name}",
+            "callbacks=default",
+            "data.image_size=8",
+            *TINY[debug],
+            *TINY_OBJECTIVE.get(name, []),
+            f"data.batch_size={batch_size}",
+            f"++trainer.max_steps={steps}",
+            "++trainer.max_epochs=1",
+            "++trainer.limit_val_batches=0",
+            "++trainer.enable_progress_bar=false",
+            f"trainer.log_every_n_steps={LOG_EVERY}",
+            f"paths.runs_dir={runs}",
+            *extra,
+        ],
+        output_dir=str(runs / name),
+    )
+
+
+def quiet(times: list[float], warmup: int) -> list[float]:
+    """The step times of steps that do not log (Lightning logs steps ``k * LOG_EVERY - 1`` and the last)."""
+    return [t for i, t in enumerate(times) if i >= warmup and (i + 1) % LOG_EVERY and i != len(times) - 1]
+
+
+def logging(times: list[float], warmup: int) -> list[float]:
+    return [t for i, t in enumerate(times) if i >= warmup and ((i + 1) % LOG_EVERY == 0 or i == len(times) - 1)]
+
+
+def measure(name: str, batch_size: int, steps: int, rounds: int, warmup: int, extra: tuple[str, ...] = ()) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = tiny_config(name, Path(tmp) / "runs", batch_size, steps, extra)
+        with open_dict(cfg):
+            if cfg.callbacks.get("online_probe") is not None:
+                cfg.callbacks.online_probe.num_classes = 10
+        model = build(cfg.objective, "objective")
+        batches = [objective_batch(model, batch_size, seed=i, image_size=int(cfg.data.image_size)) for i in range(steps)]
+        best: dict[str, float] = {}
+        for _ in range(rounds):
+            platform = platform_steps(cfg, batches)
+            bare = bare_steps(cfg, batches)
+            row = {
+                "platform_ms": 1e3 * statistics.median(quiet(platform, warmup)),
+                "platform_mean_ms": 1e3 * statistics.mean(quiet(platform, warmup)),
+                "platform_logging_ms": 1e3 * statistics.mean(logging(platform, warmup)),
+                "bare_ms": 1e3 * statistics.median(bare[warmup:]),
+            }
+            row["overhead_ms"] = row["platform_ms"] - row["bare_ms"]
+            row["mean_overhead_ms"] = row["platform_mean_ms"] - 1e3 * statistics.mean(bare[warmup:])
+            row["logging_overhead_ms"] = row["platform_logging_ms"] - row["bare_ms"]
+            if not best or row["overhead_ms"] < best["overhead_ms"]:
+                best = row
+    return best
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--objectives", default=",".join(OBJECTIVES.names()))
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--extra", nargs="*", default=[], help="config overrides (e.g. callbacks.online_probe=null)")
+    args = p.parse_args(argv)
+    rows = []
+    head = f"{'objective':<22}{'bare step':>11}{'platform':>11}{'overhead':>11}{'mean overhead':>15}{'logging step overhead':>24}"
+    print(head + "\n" + "-" * len(head))
+    for name in [n for n in args.objectives.split(",") if n]:
+        r = {"objective": name, **measure(name, args.batch_size, args.steps, args.rounds, args.warmup, tuple(args.extra))}
+        rows.append(r)
+        print(
+            f"{name:<22}{r['bare_ms']:>8.2f} ms{r['platform_ms']:>8.2f} ms{r['overhead_ms']:>8.2f} ms{r['mean_overhead_ms']:>12.2f} ms"
+            f"{r['logging_overhead_ms']:>21.2f} ms",
+            flush=True,
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    main()
