@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 RUNS ?= $(CURDIR)/runs
 
-.PHONY: install demo test test-all lint format bench ui clean
+.PHONY: install demo test test-all lint format bench bench-gpu ui clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ lint: install
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# The GPU table (benchmarks/gpu.py: demo end to end, model step, loader, ResNet-50/ViT-B MFU, planners, syncs); on a
+# machine without this venv, see the module docstring (wheels into /tmp/site, then python3 -m benchmarks.gpu).
+bench-gpu: install
+	$(BIN)/python -m benchmarks.gpu --out gpu_table.txt
 
 # CPU benchmarks, one table (under 10 minutes on 2 cores); the bench extra brings lightly for benchmarks/peer_lightly.py
 bench: install
