@@ -14,7 +14,10 @@
   (:meth:`RunLogger.connect`), within ``connect_timeout`` seconds;
 * **nothing lost mid-run**: once the run has started, a store that goes away does not stop training: writes wait
   in the run directory's outbox and are delivered exactly once when the store returns, or by ``jepa sync``
-  (:mod:`jepa_platform.tracking.outbox`).
+  (:mod:`jepa_platform.tracking.outbox`);
+* **no wait for a remote store**: a logging step hands its values to a writer thread (one, so they arrive in order)
+  and goes on (``write_in_thread``); :meth:`RunLogger.flush` waits for them, and runs before every checkpoint is written (``RunRecorder``) and
+  before the run's status is set, so a checkpoint never holds a step whose values are not in the store.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +63,8 @@ class RunLogger(MLFlowLogger):
         resume_checkpoint: that checkpoint's path, recorded as a tag.
         outbox_dir: where writes wait while the store is unreachable (``None``: no outbox, failures raise).
         retry_every: seconds between attempts to deliver the outbox while the store is away.
+        write_in_thread: write metrics from a thread (``auto``: for a remote server, whose writes are waits on the
+            network; a local store's writes are CPU work that a thread would only move onto the next steps).
         request_timeout: seconds one HTTP request to a tracking server may take (MLflow's default is 120).
         request_retries: retries of a failed HTTP request before it counts as an outage (MLflow's default is 7,
             with exponential backoff: minutes of stalled training per write while a server is down).
@@ -71,12 +77,17 @@ class RunLogger(MLFlowLogger):
         retry_every: float,
         request_timeout: float,
         request_retries: int,
+        write_in_thread: bool | str,
         resume_step: int | None = None,
         resume_checkpoint: str | None = None,
         outbox_dir: str | Path | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        remote = str(self._tracking_uri).startswith(("http://", "https://", "databricks"))
+        if write_in_thread not in (True, False, "auto"):
+            raise ConfigError(f"logger.write_in_thread={write_in_thread!r}: use true, false or auto")
+        self.write_in_thread = remote if write_in_thread == "auto" else bool(write_in_thread)
         self.connect_timeout = connect_timeout
         self.resume_step, self.resume_checkpoint = resume_step, resume_checkpoint
         self.outbox_dir, self.retry_every = (Path(outbox_dir) if outbox_dir else None), retry_every
@@ -84,6 +95,8 @@ class RunLogger(MLFlowLogger):
         self._previous_status: str | None = None
         self._trained = False
         self._outbox_client: OutboxClient | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._queued: list[Future] = []
         if str(self._tracking_uri).startswith(("http://", "https://")):
             # read by MLflow at each request; a user's own setting wins
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(request_timeout)))
@@ -152,13 +165,37 @@ class RunLogger(MLFlowLogger):
         fresh = {k: v for k, v in metrics.items() if step > self._logged_until.get(k, -1)}
         if fresh:
             self._trained = True
-            super().log_metrics(fresh, step)
+            self._submit(MLFlowLogger.log_metrics, self, fresh, step)
             self._logged_until.update(dict.fromkeys(fresh, step))
+
+    def _submit(self, write: Callable[..., Any], *args: Any) -> None:
+        """Queue ``write`` on the writer thread (or write now: ``write_in_thread`` off); a write that failed before is
+        raised here (not lost)."""
+        if not self.write_in_thread:
+            write(*args)
+            return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer")
+        still = []
+        for future in self._queued:
+            if future.done():
+                future.result()
+            else:
+                still.append(future)
+        self._queued = [*still, self._writer.submit(write, *args)]
+
+    @rank_zero_only
+    def flush(self) -> None:
+        """Wait until every queued write has reached the store (or its outbox); raise the first that failed."""
+        queued, self._queued = self._queued, []
+        for future in queued:
+            future.result()
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
         if not self._initialized:
             return
+        self.flush()
         if status != "success" and signals.received():
             status = "KILLED"
         elif status != "success" and not self._trained and self._previous_status in TERMINAL:

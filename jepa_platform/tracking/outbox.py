@@ -21,6 +21,7 @@ import json
 import logging
 import shutil
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -217,6 +218,7 @@ class OutboxClient:
     def __init__(self, client: Any, outbox: Outbox, retry_every: float = 30.0, on_outage: Callable[[BaseException], None] | None = None) -> None:
         self._client, self.outbox, self.retry_every = client, outbox, retry_every
         self._next_try = 0.0
+        self._lock = threading.RLock()  # the run logger's writer thread and the main thread both write
         self._on_outage = on_outage or (
             lambda exc: log.warning("MLflow store unreachable (%s): writes go to %s until it returns", exc, outbox.directory)
         )
@@ -233,6 +235,10 @@ class OutboxClient:
         return len(self.outbox)
 
     def _write(self, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        with self._lock:
+            return self._write_locked(name, args, kwargs)
+
+    def _write_locked(self, name: str, args: tuple, kwargs: dict[str, Any]) -> Any:
         if self.pending:
             self.outbox.append(encode(name, args, kwargs))
             if time.monotonic() >= self._next_try:
@@ -253,6 +259,10 @@ class OutboxClient:
 
     def flush(self) -> bool:
         """Try to deliver the journal now; ``True`` when nothing is left waiting."""
+        with self._lock:
+            return self._flush_locked()
+
+    def _flush_locked(self) -> bool:
         ops = self.outbox.read()
         if not ops:
             return True

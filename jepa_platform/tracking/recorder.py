@@ -62,3 +62,10 @@ class RunRecorder(Callback):
                 client.set_tag(run_id, f"resume.{key}" if key in tags else key, value)
         info = {"run_id": run_id, "experiment_id": logger.experiment_id, "tracking_uri": logger._tracking_uri}
         (self.output_dir / RUN_INFO).write_text(json.dumps(info, indent=2))
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Before a checkpoint is written, the values of the steps it holds are in the store (the logger writes them
+        from a thread): a run killed after the checkpoint does not lose them (its resume starts after them)."""
+        flush = getattr(trainer.logger, "flush", None)
+        if callable(flush):
+            flush()

@@ -106,3 +106,44 @@ def test_sync_errors_are_one_line(tmp_path: Path):
     (bad / "outbox.json").write_text("{not json")
     result = run_jepa(["sync", str(tmp_path / "run")])
     assert result.returncode == 2 and result.stderr.startswith("error:") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_run_logger_writes_from_a_thread_in_order_and_flush_waits(tmp_path: Path):
+    import threading
+
+    from jepa_platform.tracking.logger import RunLogger
+
+    logger = RunLogger(
+        connect_timeout=5,
+        retry_every=30,
+        request_timeout=5,
+        request_retries=0,
+        write_in_thread=True,
+        experiment_name="t",
+        tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+    )
+    logger.connect()
+    client = logger.experiment
+    entered, gate, original = threading.Event(), threading.Event(), client.log_batch
+
+    def held(*args, **kwargs):
+        entered.set()
+        gate.wait(60)
+        return original(*args, **kwargs)
+
+    client.log_batch = held
+    logger.log_metrics({"a": 1.0}, step=0)  # returns while its write waits in the writer thread
+    logger.log_metrics({"a": 2.0}, step=1)
+    assert entered.wait(60)
+    assert _steps(client, logger.run_id, "a") == []  # the step went on before the store had the value
+    gate.set()
+    logger.flush()
+    assert [m.value for m in client.get_metric_history(logger.run_id, "a")] == [1.0, 2.0]
+
+    def broken(*args, **kwargs):
+        raise ValueError("not an outage")
+
+    client.log_batch = broken
+    logger.log_metrics({"a": 3.0}, step=2)
+    with pytest.raises(ValueError, match="not an outage"):  # a failed write is raised, not lost
+        logger.flush()
