@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 
 TARGETS = {
     "demo end to end": ">= 20,000 samples/s",
@@ -41,16 +42,6 @@ TARGETS = {
     "vit_b16 ema_jepa MFU": ">= 40%",
     "planner evaluations/s": ">= 10,000,000",
 }
-
-
-def _on(device: str, batch: Any) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: _on(device, v) for k, v in batch.items()}
-    if isinstance(batch, list):
-        return [_on(device, v) for v in batch]
-    return batch
 
 
 def demo_overrides(args: argparse.Namespace, runs: Path) -> list[str]:
@@ -113,7 +104,7 @@ def loader_only(args: argparse.Namespace, cfg: Any, datamodule: Any) -> float:
         except StopIteration:
             it = iter(loader)
             batch = next(it)
-        batch = datamodule.on_after_batch_transfer(_on(args.device, batch), 0)
+        batch = datamodule.on_after_batch_transfer(move_data_to_device(batch, args.device), 0)
         if i == args.warmup:
             _sync(args.device)
             started, n = time.perf_counter(), 0
@@ -179,7 +170,7 @@ def big_model(args: argparse.Namespace, overrides: list[str], root: Path, quick_
         if cfg.callbacks.get("online_probe") is not None:
             cfg.callbacks.online_probe.num_classes = 10
     model = build(cfg.objective, "objective")
-    batches = [_on(args.device, objective_batch(model, batch_size, seed=i % 4, image_size=size)) for i in range(args.steps)]
+    batches = [move_data_to_device(objective_batch(model, batch_size, seed=i % 4, image_size=size), args.device) for i in range(args.steps)]
     rate = model_step_rate(cfg, batches, args)
     flops = step_flops(model, batches[0], args.device)
     achieved = flops * rate / batch_size
@@ -240,7 +231,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, str]]:
 
         model = build(cfg.objective, "objective")
         size, batch_size = int(cfg.data.image_size), int(cfg.data.batch_size)
-        batches = [_on(args.device, objective_batch(model, batch_size, seed=i % 8, image_size=size)) for i in range(args.steps)]
+        batches = [move_data_to_device(objective_batch(model, batch_size, seed=i % 8, image_size=size), args.device) for i in range(args.steps)]
         step_only = model_step_rate(cfg, batches, args)
         rows.append(("demo model step only, samples/s", f"{step_only:,.0f}", ""))
         rows.append(("demo end to end / model step only", f"{end_to_end['samples_per_s'] / step_only:.2f}", TARGETS["end to end / model step only"]))

@@ -18,5 +18,4 @@ class Steps(v2.Compose):
     """
 
     def __init__(self, **steps: Callable[[Any], Any] | None) -> None:
-        self.names = [name for name, step in steps.items() if step is not None]
         super().__init__([step for step in steps.values() if step is not None])

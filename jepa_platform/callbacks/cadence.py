@@ -51,7 +51,9 @@ def _to_host(metrics: dict[str, Any]) -> dict[str, Any]:
             by_device.setdefault(value.device, []).append(key)
     out = dict(metrics)
     for keys in by_device.values():
-        host = torch.stack([metrics[k].detach().reshape(()).to(torch.float64) for k in keys]).cpu()  # the one transfer
+        # the widest float among them (Lightning keeps results in the default dtype, float32; a device may lack float64)
+        dtype = torch.float64 if any(metrics[k].dtype == torch.float64 for k in keys) else torch.float32
+        host = torch.stack([metrics[k].detach().reshape(()).to(dtype) for k in keys]).cpu()  # the one transfer
         out.update(zip(keys, host.unbind(), strict=True))
     return out
 

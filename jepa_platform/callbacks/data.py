@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 
 from jepa_platform.callbacks.cadence import logs_this_step
@@ -31,7 +30,7 @@ class DataHealth(Callback):
             return
         self._total = self._total + batch["data_skipped"]
         if logs_this_step(trainer):  # a device tensor: it reaches the host with the step's other values
-            value = self._total.to(torch.float64) + self._loaded
+            value = self._total.float() + self._loaded  # float32, what Lightning keeps (it was a Python float before)
             pl_module.log("data/skipped", value, on_step=True, on_epoch=False, reduce_fx="sum", sync_dist=trainer.world_size > 1)
 
     def state_dict(self) -> dict[str, int]:

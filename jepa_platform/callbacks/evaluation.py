@@ -91,7 +91,7 @@ class OnlineProbe(Callback):
         with torch.random.fork_rng(devices=[]):  # the same probe initialisation whatever ran before
             torch.manual_seed(0)
             self.heads = nn.ModuleDict({name: nn.Linear(width, self.num_classes) for name, width in widths.items()}).to(device)
-        # fused: one kernel for the whole update instead of a few per parameter (this runs every training step)
+        # fused: one kernel for the whole update instead of a few per parameter (it runs every every_n_steps steps)
         self.optimizer = torch.optim.AdamW(self.heads.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True)
         self.accuracy = {name: MulticlassAccuracy(self.num_classes, average="micro").to(device) for name in widths}
         if self._pending is not None:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from torch.distributed.tensor import DTensor
 
-from jepa_platform.callbacks.cadence import logged_on_host, logs_this_step
+from jepa_platform.callbacks.cadence import HostMetrics, logged_on_host, logs_this_step
 from jepa_platform.callbacks.evaluation import EmbeddingMonitor
 from jepa_platform.distributed import world_size
 from jepa_platform.errors import JepaError
@@ -204,6 +204,8 @@ class CollapseMonitor(Callback):
         self.min_rank, self.min_std, self.patience, self.stop, self.where = min_rank, min_std, patience, stop, where
         self.in_a_row = 0
         self.tripped_at: int | None = None
+        self._host: HostMetrics | None = None  # set up by setup(): the host copy of the logging steps' values
+        self._seen = 0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._host = logged_on_host(trainer)
@@ -218,7 +220,7 @@ class CollapseMonitor(Callback):
         self._check(trainer, pl_module)
 
     def _check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        host = getattr(self, "_host", None)
+        host = self._host
         if host is None or host.seq == self._seen:
             return
         self._seen = host.seq
