@@ -28,8 +28,8 @@ def main() -> None:
     peer = peer_lightly.main([])
     print("\n== levers ==")
     lever_rows = levers.main([])
-    print("\n== planning (candidates/s per planner) ==")
-    planning.main([])
+    print("\n== planning (one replan of 1 and of 50 episodes per planner) ==")
+    plans = planning.main([])
     print("\n== hierarchical_planning (compute per executed step, flat vs hierarchical) ==")
     hierarchical = hierarchical_planning.main([])
 
@@ -45,6 +45,9 @@ def main() -> None:
     print(f"{'platform / lightly peak memory (PSS, end to end)':<70}{peer['memory_ratio']:>8.2f}  <= 1.0")
     for name, before, after in lever_rows:
         print(f"{name:<70}{after / before:>8.2f}")
+    for key, by_size in plans.items():
+        speedup = (by_size[1]["seconds"]) / (by_size[50]["seconds"] / 50)
+        print(f"{'per-episode replan speed-up, 50 episodes batched vs 1, ' + key:<70}{speedup:>8.1f}")
     print(f"{'hierarchical / flat CEM planning seconds per executed step (maze)':<70}{hierarchical['seconds']:>8.2f}  <= 1 (equal compute)")
     print(f"{'hierarchical / flat CEM world-model evaluations per executed step':<70}{hierarchical['evaluations']:>8.2f}")
     print(f"\nmake bench took {time.perf_counter() - started:.0f} s")

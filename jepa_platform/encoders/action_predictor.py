@@ -84,10 +84,13 @@ class ActionConditionedPredictor(nn.Module):
         """Open-loop predictions ``(N, H, D)`` from ``(N, D)``, ``(N, H, A)`` actions and ``(N, history-1, D)``
         previous embeddings: each step feeds on the last ones."""
         if self.history == 1:
-            cond = self.condition(z0.unsqueeze(1).expand(-1, actions.shape[1], -1), actions, None)  # one batched call
+            # every step's condition in one batched call, time-major and unbound at once: indexing one step at a time
+            # would cost, in backward, a zero-filled copy of the whole condition per step (the gradient planner's)
+            steps = actions.transpose(0, 1)  # (H, N, A)
+            cond = self.condition(z0.unsqueeze(0).expand(steps.shape[0], -1, -1), steps, None)
             z, out = z0, []
-            for t in range(actions.shape[1]):
-                z = self.step(z, cond[:, t])
+            for c in cond.unbind(0):
+                z = self.step(z, c)
                 out.append(z)
             return torch.stack(out, dim=1)
         if past is None:

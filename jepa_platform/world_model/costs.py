@@ -69,15 +69,16 @@ class PlanningCost:
     guardrail_weight: float = 100.0
 
     def energy(self, z: Tensor, goal: Tensor) -> Tensor:
-        """Goal energy ``(...)`` of embeddings ``(..., D)`` against the goal embedding ``(D,)``."""
+        """Goal energy ``(...)`` of embeddings ``(..., D)`` against goal embeddings broadcast to them."""
         return (z - goal).pow(2).mean(dim=-1)
 
     def __call__(self, z: Tensor, goal: Tensor, actions: Tensor) -> Tensor:
-        """``(N,)`` cost of ``N`` plans from predictions ``(N, H, D)``, the goal ``(D,)`` and actions ``(N, H, A)``."""
-        energy = self.energy(z, goal)  # (N, H)
-        cost = self.terminal_weight * energy[:, -1]
+        """``(..., E, N)`` cost of ``N`` plans per episode from predictions ``(..., E, N, H, D)``, the goals ``(E, D)`` and
+        actions ``(E, N, H, A)`` (leading dimensions, e.g. draws of a latent, are kept)."""
+        energy = self.energy(z, goal[:, None, None, :])  # (..., E, N, H)
+        cost = self.terminal_weight * energy[..., -1]
         if self.step_weight:
-            cost = cost + self.step_weight * energy.mean(dim=1)
+            cost = cost + self.step_weight * energy.mean(dim=-1)
         if self.action_weight:
-            cost = cost + self.action_weight * actions.pow(2).mean(dim=(1, 2))
+            cost = cost + self.action_weight * actions.pow(2).mean(dim=(-2, -1))
         return cost

@@ -33,7 +33,8 @@ from jepa_platform.config import build, parse_value
 from jepa_platform.errors import ConfigError
 from jepa_platform.registry import PLANNERS
 from jepa_platform.world_model.costs import Guardrail, PlanningCost
-from jepa_platform.world_model.mpc import Episode, run_episode
+from jepa_platform.world_model.envs import make_env
+from jepa_platform.world_model.mpc import Episode, run_episodes
 from jepa_platform.world_model.pictures import episode_picture, grid
 from jepa_platform.world_model.planners.base import WorldModel
 
@@ -192,8 +193,6 @@ def load_world_model(run: str, runs_dir: str, ckpt_arg: str | None) -> tuple[Pat
     model, _meta = trained_objective(cfg.objective, ckpt)
     if not getattr(model, "levels", None):  # the interface planners read (world_model.level.PlannableModel)
         raise ConfigError(f"{run_dir} is not a world model ({type(model).__name__} has no levels): train one with experiment=two_rooms")
-    from jepa_platform.world_model.envs import make_env
-
     env_name, env_kwargs = environment_of(cfg)
     env = make_env(env_name, **env_kwargs)
     for needed in ("render_state", "sample_free_state", "room"):
@@ -228,6 +227,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=float, default=0.08, help="guardrail margin around forbidden boxes (state units)")
     p.add_argument("--no-guardrail", action="store_true", help="plan without guardrails (violations are still counted)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--batch", type=int, default=None, help="episodes planned at once, one world-model call per iteration (default: all; 1: one at a time)"
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the world model's rollout (CUDA graphs on a GPU; slower on a CPU)")
     p.add_argument("--pictures", type=int, default=None, help="trajectory pictures per planner (default: every episode)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to the run's MLflow run")
     h = p.add_argument_group("hierarchical planning (a hierarchical_ac_jepa run; docs/hierarchical-planning.md)")
@@ -271,7 +274,9 @@ def main(argv: list[str]) -> int:
         raise ConfigError(f"--execute {args.execute} exceeds --horizon or --low-horizon: execute at most the planned actions")
     if args.high_horizon < 1 or (args.high_period is not None and args.high_period < 1) or args.latent_samples < 0:
         raise ConfigError("--high-horizon and --high-period must be >= 1 and --latent-samples >= 0")
-    run_dir, _cfg, ckpt, model, env, transform = load_world_model(args.run, args.runs_dir, args.ckpt)
+    if args.batch is not None and args.batch < 1:
+        raise ConfigError(f"--batch {args.batch}: plan at least one episode at a time (or leave it out: all at once)")
+    run_dir, cfg, ckpt, model, env, transform = load_world_model(args.run, args.runs_dir, args.ckpt)
     if args.hierarchical and len(model.levels) < 2:
         raise ConfigError(f"{run_dir} has no level 2 ({type(model).__name__}): --hierarchical needs a hierarchical_ac_jepa run (experiment=maze)")
     wm = WorldModel(
@@ -283,6 +288,7 @@ def main(argv: list[str]) -> int:
         latent_samples=args.latent_samples,
         latent_risk=args.latent_risk,
         seed=args.seed,
+        compile=args.compile,
     )
     boxes = [] if args.no_guardrail else getattr(env.unwrapped, "forbidden", np.zeros((0, 4))).tolist()
     cost = PlanningCost(args.terminal_weight, args.step_weight, args.action_weight, Guardrail(boxes, args.margin) if boxes else None)
@@ -301,6 +307,9 @@ def main(argv: list[str]) -> int:
     if args.hierarchical:
         planners.update(hierarchical_planners([n for n in model_names if planners[n].uses_model], extra, high_extra, args, cost))
 
+    batch = min(args.batch or len(pairs), len(pairs))
+    env_name, env_kwargs = environment_of(cfg)
+    envs = [env, *(make_env(env_name, **env_kwargs) for _ in range(batch - 1))]  # one per episode of a batch
     geometry = env.unwrapped.describe() if hasattr(env.unwrapped, "describe") else {}
     out_dir = run_dir / "plan" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -312,7 +321,11 @@ def main(argv: list[str]) -> int:
         horizon, execute = (args.horizon, args.execute) if name != "greedy" else (1, 1)
         if name.startswith("h-"):
             horizon = args.low_horizon or stride or args.horizon
-        episodes = [run_episode(env, planner, wm, cost, s, g, horizon, execute, args.max_steps, args.success_radius) for s, g in pairs]
+        episodes = [
+            episode
+            for first in range(0, len(pairs), batch)
+            for episode in run_episodes(envs, planner, wm, cost, pairs[first : first + batch], horizon, execute, args.max_steps, args.success_radius)
+        ]
         results[name] = summarise_by_distance(episodes)
         records[name] = [e.__dict__ for e in episodes]
         log.info("%s: %.0f%% success in %.1fs", name, 100 * results[name]["all"]["success_rate"], time.perf_counter() - tic)

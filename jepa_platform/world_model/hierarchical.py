@@ -5,7 +5,9 @@ level-2 embedding, a subgoal, to the low level as its goal (an action at level 2
   :class:`~jepa_platform.world_model.planners.base.WorldModel` interface, so **any planner** (CEM, iCEM, MPPI,
   gradient, plugins) plans at level 2: its "actions" are macro-actions in ``[-macro_bound, macro_bound]^macro_dim``
   and its rollouts are level-2 predictions, each ``stride`` level-1 steps long.
-- :class:`SubgoalView` shows level 1 with the energy measured in level-2 space against a subgoal there.
+- :class:`SubgoalView` shows level 1 with each episode's energy measured where its goal is: in level-2 space against
+  its subgoal, or (once the goal is within reach) in level 1's planning space against the goal itself, so that one
+  low-level search plans every episode of a batch whichever goal each pursues.
 - Both levels measure energies in their own slow features when ``--slow-power`` is set (as flat planning does).
 - :class:`HierarchicalPlanner` is MPC at both levels: it replans the subgoals every ``high_period`` level-1 steps
   (warm-started, shifted by the macro-steps done), and the low level replans every time ``run_episode`` asks (every
@@ -44,7 +46,9 @@ class LevelTwoModel(WorldModel):
         level = model.levels[1]
         bound = float(level.action_bound)
         dim = int(level.action_dim)
-        super().__init__(model, low.transform, np.full(dim, -bound, np.float32), np.full(dim, bound, np.float32), slow_power=low.slow_power)
+        super().__init__(
+            model, low.transform, np.full(dim, -bound, np.float32), np.full(dim, bound, np.float32), slow_power=low.slow_power, compile=low.compile
+        )
         self.level = level
         self.level1 = low
         self.stride = int(level.stride)
@@ -54,33 +58,50 @@ class LevelTwoModel(WorldModel):
     def encode(self, obs: np.ndarray) -> Tensor:
         return self.level.embed(self.level1.encode(obs))
 
-    @torch.no_grad()
-    def encode_goal(self, goal_obs: np.ndarray) -> Tensor:
-        return self.level.embed(self.level1.encode_goal(goal_obs))
-
     def rollout(self, z0: Tensor, actions: Tensor) -> Tensor:
-        count = actions.shape[0] * actions.shape[1]
+        count = actions.shape[0] * actions.shape[1] * actions.shape[2]
         self.level1.evaluations += count
         self.evaluations_level2 += count
-        return self.level.rollout(z0.expand(actions.shape[0], -1), actions)
+        return super().rollout(z0, actions)
 
 
 class SubgoalView:
-    """Level 1 (``base``) with the energy measured in level 2's planning space, against a level-2 goal: the low level's
-    world model while it pursues a subgoal. Everything else (encoding, rollouts and their count, the state head of
-    the guardrails, the action bounds) is the base's."""
+    """Level 1 (``base``) with each episode's energy measured where its goal lies (module docstring): episodes flagged
+    in ``to_goal`` (``(E,)`` bool) in level 1's planning space, the others in level 2's. Both spaces share one vector,
+    the other part zero, each part scaled so that the mean over the vector is the mean over its own space. Everything
+    else (encoding, rollouts and their count, the state head of the guardrails, the action bounds) is the base's.
 
-    def __init__(self, base: WorldModel, level2: LevelTwoModel) -> None:
-        self.base, self.level2 = base, level2
+    Goals passed to a planner are already in that space (:meth:`goals`).
+    """
+
+    def __init__(self, base: WorldModel, level2: LevelTwoModel, to_goal: Tensor) -> None:
+        self.base, self.level2, self.to_goal = base, level2, to_goal
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.base, name)
 
+    def episodes(self, index: slice) -> SubgoalView:
+        return SubgoalView(self.base, self.level2, self.to_goal[index])
+
+    def _join(self, low: Tensor, high: Tensor) -> Tensor:
+        """One vector per embedding from the two spaces, masked by episode: goals ``(E, D)`` or predictions
+        ``(..., E, N, H, D)``."""
+        d1, d2 = low.shape[-1], high.shape[-1]
+        mask = self.to_goal.view(-1, 1) if low.dim() == 2 else self.to_goal.view(-1, 1, 1, 1)
+        low = torch.where(mask, low * ((d1 + d2) / d1) ** 0.5, 0.0)
+        high = torch.where(mask, 0.0, high * ((d1 + d2) / d2) ** 0.5)
+        return torch.cat([low, high], dim=-1)
+
     def planning(self, z: Tensor) -> Tensor:
-        return self.level2.planning(self.level2.level.embed(z))
+        return self._join(self.base.planning(z), self.level2.planning(self.level2.level.embed(z)))
+
+    def goals(self, goal: Tensor, subgoal: Tensor) -> Tensor:
+        """The goals ``(E, D1 + D2)`` in this space: level 1's goal embeddings ``(E, D1)`` for episodes toward the goal,
+        the level-2 subgoals ``(E, d2)`` for the others."""
+        return self._join(self.base.planning(goal), self.level2.planning(subgoal))
 
     def planning_goal(self, goal: Tensor) -> Tensor:
-        return self.level2.planning(goal)
+        return goal
 
 
 class HierarchicalPlanner(Planner):
@@ -95,6 +116,9 @@ class HierarchicalPlanner(Planner):
         seed: unused (the two planners carry their own seeds).
     """
 
+    #: per episode: the current subgoal (level 2) and whether the low level plans to the goal itself
+    episode_state = ("subgoal", "to_goal")
+
     def __init__(
         self, high: Planner, low: Planner, high_horizon: int = 4, high_period: int | None = None, high_cost: PlanningCost | None = None, seed: int = 0
     ) -> None:
@@ -105,64 +129,80 @@ class HierarchicalPlanner(Planner):
         self.high_cost = high_cost or PlanningCost(terminal_weight=1.0, step_weight=1.0)
         self.level2: LevelTwoModel | None = None
         self.subgoal: Tensor | None = None
+        self.to_goal: Tensor | None = None
         self.since = 0
-        self.subgoals: list[list[float]] = []
         self.steps = 0
+        self._subgoal_rows: list[Tensor] = []
 
     @property
-    def fallbacks(self) -> int:  # the low level's: it is the one that guards
-        return self.low.fallbacks if hasattr(self, "low") else 0
+    def fallen_back(self) -> Tensor | None:  # the low level's: it is the one that guards
+        return self.low.fallen_back if hasattr(self, "low") else None
 
-    @fallbacks.setter
-    def fallbacks(self, value: int) -> None:  # Planner.__init__ sets it; the low level keeps the count
+    @fallen_back.setter
+    def fallen_back(self, value: Tensor | None) -> None:  # Planner.__init__ sets it; the low level keeps the flags
         pass
 
     def reset(self) -> None:
         self.high.reset()
         self.low.reset()
-        self.subgoal, self.since, self.steps, self.subgoals = None, 0, 0, []
+        self.subgoal, self.to_goal, self.since, self.steps, self._subgoal_rows = None, None, 0, 0, []
 
     def shift(self, executed: int) -> None:
         self.low.shift(executed)
         self.since += executed
         self.steps += executed
 
-    def take_subgoals(self) -> list[list[float]]:
-        """Subgoals set since the last call, as ``[step, x, y]`` (decoded by the level-2 state head; ``x, y`` nan
-        without one); ``[step, nan, nan]`` marks a switch to the final goal."""
-        out, self.subgoals = self.subgoals, []
-        return out
+    def select(self, keep: Tensor) -> None:
+        self.high.select(keep)
+        self.low.select(keep)
+        self._subgoal_rows = [rows[keep.to(rows.device)] for rows in self._subgoal_rows]
+        super().select(keep)
+
+    def take_subgoals(self) -> list[list[list[float]]]:
+        """Per episode of the batch, the subgoals set since the last call as ``[step, x, y]`` (decoded by the level-2
+        state head; ``x, y`` nan without one); ``[step, nan, nan]`` marks a switch to the final goal. Read after the
+        plans reached the host, so it adds no wait."""
+        if not self._subgoal_rows:
+            return [[] for _ in range(0 if self.subgoal is None else self.subgoal.shape[0])]
+        rows, self._subgoal_rows = torch.stack(self._subgoal_rows, dim=1).tolist(), []
+        return rows
 
     def _level2(self, wm: WorldModel) -> LevelTwoModel:
         if self.level2 is None or self.level2.level1 is not wm:
             self.level2 = LevelTwoModel(wm)
         return self.level2
 
-    def replan_subgoal(self, wm: WorldModel, obs: np.ndarray, goal_obs: np.ndarray) -> None:
+    @torch.no_grad()
+    def _record(self, level2: LevelTwoModel) -> None:
+        """Keep ``[step, x, y]`` of every episode's new subgoal on the device (``x, y`` nan toward the goal)."""
+        try:
+            xy = level2.states(self.subgoal)
+        except ConfigError:
+            xy = torch.full_like(self.subgoal[:, :2], float("nan"))
+        xy = torch.where(self.to_goal[:, None], float("nan"), xy.float())
+        self._subgoal_rows.append(torch.cat([torch.full_like(xy[:, :1], float(self.steps)), xy], dim=1))
+
+    def replan_subgoal(self, wm: WorldModel, z0: Tensor, goal: Tensor) -> None:
         level2 = self._level2(wm)
         if self.steps:  # the high level's warm start moves on by the macro-steps done
             self.high.shift(max(1, round(self.since / level2.stride)))
-        s0, goal = level2.encode(obs), level2.encode_goal(goal_obs)
-        macros = self.high.search(level2, s0, goal, self.high_cost, self.high_horizon)
         with torch.no_grad():
-            predicted = level2.rollout(s0, macros[None])[0]  # (H2, d2): the subgoals of this plan
-            energies = self.high_cost.energy(level2.planning(torch.cat([s0[None], predicted])), level2.planning(goal))
+            s0, goal2 = level2.level.embed(z0), level2.level.embed(goal)
+        macros = self.high.search(level2, s0, goal2, self.high_cost, self.high_horizon)  # (E, H2, m)
+        with torch.no_grad():
+            predicted = level2.rollout(s0, macros[:, None])[:, 0]  # (E, H2, d2): the subgoals of this plan
+            path = level2.planning(torch.cat([s0[:, None], predicted], dim=1))
+            energies = self.high_cost.energy(path, level2.planning(goal2)[:, None])  # (E, 1 + H2)
         self.since = 0
-        if int(torch.argmin(energies)) == 0:  # no macro-step gets closer than here: the goal is within reach
-            self.subgoal = None
-            self.subgoals.append([float(self.steps), float("nan"), float("nan")])
-            return
-        self.subgoal = predicted[0]
-        try:
-            xy = level2.states(self.subgoal[None])[0].tolist()
-        except ConfigError:
-            xy = [float("nan"), float("nan")]
-        self.subgoals.append([float(self.steps), *xy])
+        self.to_goal = energies.argmin(dim=1) == 0  # no macro-step gets closer than here: the goal is within reach
+        self.subgoal = predicted[:, 0]
+        self._record(level2)
 
-    def plan(self, world_model: WorldModel, obs: np.ndarray, goal_obs: np.ndarray, cost: PlanningCost, horizon: int) -> Tensor:
+    def plan(self, world_model: WorldModel, z0: Tensor, goal: Tensor, cost: PlanningCost, horizon: int) -> Tensor:
         level2 = self._level2(world_model)
         if self.steps == 0 or self.since >= (self.high_period or level2.stride):
-            self.replan_subgoal(world_model, obs, goal_obs)
-        if self.subgoal is None:
-            return self.low.plan(world_model, obs, goal_obs, cost, horizon)
-        return self.low.search(SubgoalView(world_model, level2), world_model.encode(obs), self.subgoal, cost, horizon)  # type: ignore[arg-type]
+            self.replan_subgoal(world_model, z0, goal)
+        view = SubgoalView(world_model, level2, self.to_goal)
+        with torch.no_grad():
+            goals = view.goals(goal, self.subgoal)
+        return self.low.search(view, z0, goals, cost, horizon)  # type: ignore[arg-type]

@@ -118,10 +118,10 @@ def test_the_high_level_runs_any_planner_of_the_interface():
 
     for name in ("cem", "icem", "mppi", "gradient"):
         planner = PLANNERS.get(name).cls(seed=0)
-        s0, goal = torch.tensor([0.2, 0.2]), torch.tensor([0.6, 0.6])
+        s0, goal = torch.tensor([[0.2, 0.2], [0.7, 0.3]]), torch.tensor([[0.6, 0.6], [0.4, 0.6]])
         macros = planner.search(level2, s0, goal, PlanningCost(1.0, 0.0), 2)
-        reached = level2.rollout(s0, macros[None])[0, -1]
-        assert torch.linalg.norm(reached - goal) < 0.12, name
+        reached = level2.rollout(s0, macros[:, None])[:, 0, -1]
+        assert (torch.linalg.norm(reached - goal, dim=1) < 0.12).all(), name
 
 
 def test_level_two_needs_a_hierarchical_model():
@@ -141,17 +141,17 @@ def test_latent_draws_are_shared_by_candidates_and_plain_actions_get_the_prior_m
         torch.nn.init.normal_(block.modulation.weight, std=0.3)
     env = TwoRoomsEnv(image_size=32)
     wm = WorldModel(model, lambda f: f.float() / 255, env.action_space.low, env.action_space.high, latent_samples=4)
-    z0 = wm.encode(env.reset(options={"state": [0.3, 0.5]})[0])
-    actions = torch.rand(5, 6, 2) * 2 - 1
+    z0 = wm.encode(env.reset(options={"state": [0.3, 0.5]})[0][None])  # (1, D)
+    actions = torch.rand(1, 5, 6, 2) * 2 - 1
     with torch.no_grad():
         draws = wm.rollout_samples(z0, actions)
-        assert draws.shape == (4, 5, 6, z0.numel())
+        assert draws.shape == (4, 1, 5, 6, z0.shape[1])
         assert not torch.allclose(draws[0], draws[1])  # the draws differ ...
-        mean = model.predict(z0.expand(5, -1), actions)
-        padded = model.predict(z0.expand(5, -1), torch.cat([actions, torch.zeros(5, 6, 3)], dim=-1))
+        mean = model.predict(z0.expand(5, -1), actions[0])
+        padded = model.predict(z0.expand(5, -1), torch.cat([actions[0], torch.zeros(5, 6, 3)], dim=-1))
         assert torch.allclose(mean, padded)  # ... and plain actions mean z = 0
     scored = CEM().score(wm, z0, z0, PlanningCost(), actions)
-    assert scored.costs.shape == (5,) and wm.evaluations == 2 * 4 * 5 * 6
+    assert scored.costs.shape == (1, 5) and wm.evaluations == 2 * 4 * 5 * 6
     with pytest.raises(ConfigError, match="risk"):
         WorldModel(model, lambda f: f, env.action_space.low, env.action_space.high, latent_risk="median")
 

@@ -24,11 +24,8 @@ class RandomPlanner(Planner):
     uses_model = False
 
     def search(self, wm: WorldModel, z0: Tensor, goal: Tensor, cost: PlanningCost, horizon: int) -> Tensor:
-        u = torch.rand((horizon, wm.action_dim), generator=self.rng(wm.device), device=wm.device)
-        return wm.low + u * (wm.high - wm.low)
-
-    def plan(self, world_model: WorldModel, obs, goal_obs, cost: PlanningCost, horizon: int) -> Tensor:  # no encoding
-        return self.search(world_model, None, None, cost, horizon)  # type: ignore[arg-type]
+        u = torch.rand((horizon, wm.action_dim), generator=self.rng(wm.device), device=wm.device)  # shared by episodes
+        return (wm.low + u * (wm.high - wm.low)).expand(z0.shape[0], -1, -1).clone()
 
 
 @register_planner("greedy")
@@ -60,7 +57,7 @@ class GreedyPlanner(Planner):
         return wm.clamp(torch.cat([torch.zeros(1, wm.action_dim, device=wm.device), *steps]))
 
     def search(self, wm: WorldModel, z0: Tensor, goal: Tensor, cost: PlanningCost, horizon: int) -> Tensor:
-        actions = self.candidates(wm)[:, None]  # (N, 1, A)
+        actions = self.candidates(wm)[None, :, None].expand(z0.shape[0], -1, -1, -1)  # (E, N, 1, A)
         one_step = PlanningCost(terminal_weight=1.0, guardrail=cost.guardrail)
         scored = self.score(wm, z0, goal, one_step, actions)
-        return self.choose(wm, scored, 1).expand(horizon, -1).clone()
+        return self.choose(wm, scored, 1).expand(-1, horizon, -1).clone()

@@ -33,20 +33,22 @@ class GradientPlanner(Planner):
         self.restarts, self.steps, self.lr, self.init_std = restarts, steps, lr, init_std
 
     def search(self, wm: WorldModel, z0: Tensor, goal: Tensor, cost: PlanningCost, horizon: int) -> Tensor:
-        mean = self.initial_mean(wm, horizon)
+        mean = self.initial_mean(wm, z0.shape[0], horizon)  # (E, H, A)
         noise = torch.randn((self.restarts, horizon, wm.action_dim), generator=self.rng(wm.device), device=wm.device)
         noise[0] = 0
-        actions = wm.clamp(mean + self.init_std * noise).requires_grad_(True)
+        # every episode's sequences in one tensor: the summed loss gives each its own gradient, and Adam is elementwise
+        actions = wm.clamp(mean[:, None] + self.init_std * noise).requires_grad_(True)  # (E, R, H, A)
         optimizer = torch.optim.Adam([actions], lr=self.lr)
         guard = cost.guardrail if cost.guardrail is not None and len(cost.guardrail.boxes) else None
+        goal_space = wm.planning_goal(goal)
         for _ in range(self.steps):
             with torch.enable_grad():
                 z = wm.rollout(z0, actions)
-                loss = cost(wm.planning(z), wm.planning_goal(goal), actions)
+                loss = cost(wm.planning(z), goal_space, actions)
                 if guard is not None:
-                    loss = loss + cost.guardrail_weight * guard.depth(wm.states(z)).clamp_min(0).sum(dim=1)
+                    loss = loss + cost.guardrail_weight * guard.depth(wm.states(z)).clamp_min(0).sum(dim=-1)
                 optimizer.zero_grad(set_to_none=True)
-                loss.sum().backward()
+                loss.sum().backward(inputs=[actions])  # the actions' gradient only: the model's weights stay as they are
             optimizer.step()
             with torch.no_grad():
                 actions.copy_(wm.clamp(actions))

@@ -8,7 +8,9 @@
   of all candidates, ``w ~ exp(-(cost - min) / temperature)``.
 
 All three return the best *safe* candidate they evaluated (guardrail-violating candidates have infinite cost and
-are never chosen; see :mod:`jepa_platform.world_model.costs`).
+are never chosen; see :mod:`jepa_platform.world_model.costs`). All three plan a batch of episodes at once (each
+iteration one world-model call over episodes x candidates) with the same noise for every episode, and refit their
+distributions with masks, never with shapes that depend on the costs (module :mod:`.base`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import Tensor
 
 from jepa_platform.registry import register_planner
 from jepa_platform.world_model.costs import PlanningCost
-from jepa_platform.world_model.planners.base import Planner, Scored, WorldModel, best_of, merge
+from jepa_platform.world_model.planners.base import Planner, Scored, WorldModel, best_of, finite_mean_std, merge, shifted
 
 
 def colored_noise(shape: tuple[int, int, int], beta: float, generator: torch.Generator, device: torch.device) -> Tensor:
@@ -62,17 +64,15 @@ class CEM(Planner):
         return torch.randn((n, horizon, wm.action_dim), generator=self.rng(wm.device), device=wm.device)
 
     def search(self, wm: WorldModel, z0: Tensor, goal: Tensor, cost: PlanningCost, horizon: int) -> Tensor:
-        mean = self.initial_mean(wm, horizon)
+        mean = self.initial_mean(wm, z0.shape[0], horizon)  # (E, H, A)
         std = torch.full_like(mean, self.init_std)
         best: Scored | None = None
         for _ in range(self.iterations):
-            samples = wm.clamp(mean + std * self.noise(self.num_samples, horizon, wm))
-            samples[0] = wm.clamp(mean)
+            samples = wm.clamp(mean[:, None] + std[:, None] * self.noise(self.num_samples, horizon, wm))  # (E, N, H, A)
+            samples[:, 0] = wm.clamp(mean)
             scored = self.score(wm, z0, goal, cost, samples)
             best = best_of(scored if best is None else merge(best, scored), self.elites)
-            elite = best.actions[torch.isfinite(best.costs)]
-            if len(elite) >= 2:
-                mean, std = elite.mean(dim=0), elite.std(dim=0).clamp_min(self.min_std)
+            mean, std = finite_mean_std(best.actions, best.costs, mean, std, self.min_std)
         return self.choose(wm, best, horizon)
 
 
@@ -91,6 +91,8 @@ class ICEM(CEM):
         init_std, min_std, seed: see :class:`CEM`.
     """
 
+    episode_state = (*CEM.episode_state, "kept")
+
     def __init__(
         self,
         num_samples: int = 100,
@@ -105,37 +107,33 @@ class ICEM(CEM):
     ) -> None:
         super().__init__(num_samples, iterations, elites, init_std, min_std, seed)
         self.beta, self.decay, self.keep_fraction = beta, decay, keep_fraction
+        #: ``(E, K, H, A)``: elites carried to the next replan
         self.kept: Tensor | None = None
-
-    def reset(self) -> None:
-        super().reset()
-        self.kept = None
 
     def shift(self, executed: int) -> None:
         super().shift(executed)
         if self.kept is not None:
-            self.kept = torch.cat([self.kept[:, executed:], torch.zeros_like(self.kept[:, :executed])], dim=1)
+            self.kept = shifted(self.kept, executed, dim=2)
 
     def search(self, wm: WorldModel, z0: Tensor, goal: Tensor, cost: PlanningCost, horizon: int) -> Tensor:
-        mean = self.initial_mean(wm, horizon)
+        episodes = z0.shape[0]
+        mean = self.initial_mean(wm, episodes, horizon)
         std = torch.full_like(mean, self.init_std)
-        kept = self.kept if self.kept is not None and self.kept.shape[1] == horizon else None
+        kept = self.kept if self.kept is not None and (self.kept.shape[0], self.kept.shape[2]) == (episodes, horizon) else None
         best: Scored | None = None
         for i in range(self.iterations):
             n = max(int(self.num_samples / self.decay**i), 2 * self.elites)
             noise = colored_noise((n, horizon, wm.action_dim), self.beta, self.rng(wm.device), wm.device)
-            samples = wm.clamp(mean + std * noise)
+            samples = wm.clamp(mean[:, None] + std[:, None] * noise)  # (E, n, H, A)
             if kept is not None:
-                samples = torch.cat([samples, wm.clamp(kept)])
+                samples = torch.cat([samples, wm.clamp(kept)], dim=1)
             if i == self.iterations - 1:
-                samples = torch.cat([samples, wm.clamp(mean)[None]])
+                samples = torch.cat([samples, wm.clamp(mean)[:, None]], dim=1)
             scored = self.score(wm, z0, goal, cost, samples)
             elite_set = best_of(scored, self.elites)
             best = elite_set if best is None else best_of(merge(best, elite_set), self.elites)
-            finite = elite_set.actions[torch.isfinite(elite_set.costs)]
-            if len(finite) >= 2:
-                mean, std = finite.mean(dim=0), finite.std(dim=0).clamp_min(self.min_std)
-            kept = elite_set.actions[: max(1, int(self.keep_fraction * self.elites))]
+            mean, std = finite_mean_std(elite_set.actions, elite_set.costs, mean, std, self.min_std)
+            kept = elite_set.actions[:, : max(1, int(self.keep_fraction * self.elites))]
         self.kept = kept
         return self.choose(wm, best, horizon)
 
@@ -157,20 +155,26 @@ class MPPI(Planner):
         self.num_samples, self.iterations, self.noise_std, self.temperature = num_samples, iterations, noise_std, temperature
 
     def search(self, wm: WorldModel, z0: Tensor, goal: Tensor, cost: PlanningCost, horizon: int) -> Tensor:
-        mean = self.initial_mean(wm, horizon)
+        mean = self.initial_mean(wm, z0.shape[0], horizon)  # (E, H, A)
         best: Scored | None = None
         g = self.rng(wm.device)
         for _ in range(self.iterations):
-            samples = wm.clamp(mean + self.noise_std * torch.randn((self.num_samples, horizon, wm.action_dim), generator=g, device=wm.device))
-            samples[0] = wm.clamp(mean)
+            noise = self.noise_std * torch.randn((self.num_samples, horizon, wm.action_dim), generator=g, device=wm.device)
+            samples = wm.clamp(mean[:, None] + noise)  # (E, N, H, A)
+            samples[:, 0] = wm.clamp(mean)
             scored = self.score(wm, z0, goal, cost, samples)
             best = best_of(scored if best is None else merge(best, scored), 1)
-            safe = torch.isfinite(scored.costs)
-            if not safe.any():
-                continue
-            c = scored.costs[safe]
-            spread = (c.max() - c.min()).clamp_min(1e-9)
-            weights = torch.softmax(-(c - c.min()) / (self.temperature * spread), dim=0)
-            mean = wm.clamp((weights[:, None, None] * scored.actions[safe]).sum(dim=0))
-        final = self.score(wm, z0, goal, cost, wm.clamp(mean)[None])
+            mean = torch.where(torch.isfinite(scored.costs).any(dim=1)[:, None, None], self.weighted_mean(wm, scored), mean)
+        final = self.score(wm, z0, goal, cost, wm.clamp(mean)[:, None])
         return self.choose(wm, best_of(merge(best, final), 1), horizon)
+
+    def weighted_mean(self, wm: WorldModel, scored: Scored) -> Tensor:
+        """The ``exp(-(cost - min) / (temperature x spread))``-weighted mean of each episode's safe candidates (an
+        episode without one gets a meaningless mean, which the caller discards)."""
+        safe = torch.isfinite(scored.costs)
+        low = torch.where(safe, scored.costs, torch.inf).amin(dim=1, keepdim=True)
+        high = torch.where(safe, scored.costs, -torch.inf).amax(dim=1, keepdim=True)
+        spread = (high - low).nan_to_num(0.0, 0.0, 0.0).clamp_min(1e-9)
+        logits = torch.where(safe, -(scored.costs - low) / (self.temperature * spread), -torch.inf)
+        weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # (E, N)
+        return wm.clamp((weights[:, :, None, None] * scored.actions).sum(dim=1))
