@@ -14,7 +14,7 @@ Rows, each measured in this one process:
 - ``syncs per quiet step``: host syncs ``torch.cuda.set_sync_debug_mode`` reports in demo steps that do not log.
 
 On a machine with torch, lightning and timm but not the platform's other dependencies, install the wheels first
-(``../shared/GPU.md``: hydra-core, omegaconf, antlr4, webdataset, braceexpand, kornia, kornia_rs, gymnasium,
+(``../shared/GPU.md``: hydra-core, omegaconf, antlr4, webdataset, braceexpand, kornia, kornia_rs, torchcodec, gymnasium,
 farama-notifications into ``/tmp/site``), then::
 
     PYTHONPATH=/tmp/site:$PWD python3 -m benchmarks.gpu --out $OUT/gpu_table.txt      # or: make bench-gpu

@@ -113,14 +113,21 @@ def shuffled(samples: Iterable[dict], size: int, rng: random.Random) -> Iterator
 
 @contextmanager
 def seeded_torch(seed: int, in_worker: bool):
-    """Seed the global torch RNG (torchvision transforms draw from it); restore it afterwards in the main process."""
+    """Seed the global CPU torch RNG (torchvision transforms draw from it); restore it afterwards in the main process.
+
+    The CPU generator only: ``torch.manual_seed`` also queues the seeding of every accelerator backend, recording a
+    stack trace each time, which cost more per sample than decoding it (``benchmarks/data_path.py``)."""
+    generator = torch.default_generator
     if in_worker:
-        torch.manual_seed(seed)
+        generator.manual_seed(seed)
         yield
         return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    state = generator.get_state()
+    generator.manual_seed(seed)
+    try:
         yield
+    finally:
+        generator.set_state(state)
 
 
 class ErrorBudget:

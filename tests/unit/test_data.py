@@ -294,3 +294,38 @@ def test_pickle_fields_are_never_decoded(tmp_path: Path):
 
     with pytest.raises(ValueError, match="never decoded"):
         decode_field("pyd", payload)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])
+def test_decoding_gives_the_pixels_pil_gives(fmt: str):
+    """Images decode through TorchCodec to the pixels PIL decodes, in colour and in grey, grey sources included; a
+    damaged file is still an error (PIL's, which the error budget counts)."""
+    import io
+
+    from PIL import Image
+
+    from data_modules.decode import decode_image, encode_image
+
+    rng = np.random.default_rng(0)
+    colour = Image.fromarray(np.kron(rng.integers(0, 255, (6, 6, 3)), np.ones((8, 8, 1))).astype(np.uint8))
+    for source in (colour, colour.convert("L")):
+        data = encode_image(source, fmt, 90)
+        with Image.open(io.BytesIO(data)) as img:
+            rgb, grey = np.asarray(img.convert("RGB")), np.asarray(img.convert("L"))
+        assert torch.equal(decode_image(data), torch.from_numpy(rgb).permute(2, 0, 1))
+        assert torch.equal(decode_image(data, channels=1), torch.from_numpy(grey)[None])
+    with pytest.raises(OSError):
+        decode_image(encode_image(colour, fmt, 90)[:100])
+
+
+def test_per_sample_seeding_touches_the_cpu_generator_only_and_restores_it():
+    """The per-sample seed of the augmentations: the same draws for the same seed, and in the main process the
+    global generator's state is back afterwards."""
+    from data_modules.epoch_plan import seeded_torch
+
+    before = torch.get_rng_state()
+    with seeded_torch(123, in_worker=False):
+        first = torch.rand(3)
+    with seeded_torch(123, in_worker=False):
+        again = torch.rand(3)
+    assert torch.equal(first, again) and torch.equal(torch.get_rng_state(), before)
