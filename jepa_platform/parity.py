@@ -129,7 +129,8 @@ def _fit(overrides: list[str], world_size: int, rank: int, run: dict[str, Any], 
         raise ValueError(f"epoch_steps={epoch_steps} must divide steps={steps}")
 
     def trainer(*callbacks: L.Callback) -> L.Trainer:
-        options = {"precision": "32-true", **run["trainer_kwargs"]}  # float64 runs: the model and batches are float64
+        # float64 runs: the model and batches are float64; every step logs, so that the recorder sees every step's loss
+        options = {"precision": "32-true", "log_every_n_steps": 1, **run["trainer_kwargs"]}
         return L.Trainer(
             accelerator="cpu",
             devices=world_size,

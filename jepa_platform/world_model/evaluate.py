@@ -4,7 +4,8 @@ It rebuilds the run's world model (``config.yaml``, checkpoint loaded with ``wei
 environment its data came from, draws ``--episodes`` start/goal pairs from ``--seed`` (at least half of the goals in
 the other room, none in or near a forbidden region), and runs every planner under MPC at a fixed step budget:
 the model-based planners (``cem``, ``icem``, ``mppi``, ``gradient`` by default) and the baselines ``random`` and
-``greedy`` (one-step lookahead). The planner sees the observation and the goal image only; success, steps and
+``greedy`` (one-step lookahead). Each planner's episodes run as one batch (``--batch``; :mod:`.mpc`), each in its own
+environment seeded from ``--seed`` and its index. The planner sees the observation and the goal image only; success, steps and
 guardrail violations are counted in the simulator.
 
 Prints one table (success rate, mean steps of the successful episodes, violations, fallbacks, planning seconds per
@@ -308,6 +309,7 @@ def main(argv: list[str]) -> int:
         planners.update(hierarchical_planners([n for n in model_names if planners[n].uses_model], extra, high_extra, args, cost))
 
     batch = min(args.batch or len(pairs), len(pairs))
+    episode_seeds = [int(np.random.default_rng([args.seed, 7, i]).integers(2**31)) for i in range(len(pairs))]
     env_name, env_kwargs = environment_of(cfg)
     envs = [env, *(make_env(env_name, **env_kwargs) for _ in range(batch - 1))]  # one per episode of a batch
     geometry = env.unwrapped.describe() if hasattr(env.unwrapped, "describe") else {}
@@ -324,7 +326,9 @@ def main(argv: list[str]) -> int:
         episodes = [
             episode
             for first in range(0, len(pairs), batch)
-            for episode in run_episodes(envs, planner, wm, cost, pairs[first : first + batch], horizon, execute, args.max_steps, args.success_radius)
+            for episode in run_episodes(
+                envs, planner, wm, cost, pairs[first : first + batch], horizon, execute, args.max_steps, args.success_radius, episode_seeds[first:]
+            )
         ]
         results[name] = summarise_by_distance(episodes)
         records[name] = [e.__dict__ for e in episodes]

@@ -62,16 +62,18 @@ def run_episodes(
     execute: int,
     max_steps: int,
     success_radius: float,
+    seeds: Sequence[int] | None = None,
 ) -> list[Episode]:
     """One episode per ``(start, goal)`` pair, each in its own environment of ``envs``, planned as one batch (see
-    module docstring)."""
+    module docstring). ``seeds``: each episode's environment seed (what is random in the environment, e.g. a door
+    that may close, then depends on the episode alone, not on the episodes run before it in that environment)."""
     if len(envs) < len(pairs):
         raise ValueError(f"{len(pairs)} episodes need as many environments, got {len(envs)}")
     goals = [np.asarray(goal, np.float32) for _start, goal in pairs]
     episodes, observations, goal_frames = [], [], []
-    for env, (start, goal) in zip(envs, pairs, strict=False):
+    for k, (env, (start, goal)) in enumerate(zip(envs, pairs, strict=False)):
         goal_frames.append(env.unwrapped.render_state(np.asarray(goal, np.float32)))
-        obs, info = env.reset(options={"state": start})
+        obs, info = env.reset(seed=None if seeds is None else int(seeds[k]), options={"state": start})
         observations.append(obs)
         episodes.append(
             Episode(

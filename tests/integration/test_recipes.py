@@ -49,6 +49,7 @@ def test_control_does_not_beat_random_init(make_cfg):
     assert gain <= CONTROL_NOISE, f"invariance_only_shapes must not learn, but gains {100 * gain:+.1f} points"
 
 
+@pytest.mark.timeout(1800)  # three full demos: about 11 minutes on 2 cores, over the suite's 10-minute limit
 def test_demo_gains_15_points_over_seeds(make_cfg):
     gains = [_gain(make_cfg, "demo", seed) for seed in (0, 1, 2)]
     assert sum(gains) / len(gains) >= 0.15, f"make demo gains {[round(100 * g, 1) for g in gains]} points for seeds 0, 1, 2"

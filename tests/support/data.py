@@ -31,13 +31,13 @@ def moving_square_episode(index: int, length: int = 24, size: int = 16) -> dict:
 
 
 def _epoch_keys_worker(rank: int, world_size: int, port: int, urls: str, kwargs: dict[str, Any], epochs: int, out_dir: str) -> None:
-    from data_modules import ImageDataModule
+    from jepa_platform.config import build_preset
 
     warnings.filterwarnings("ignore")
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        dm = ImageDataModule(urls, **kwargs)
+        dm = build_preset("data=images", "data.urls=x", urls=urls, **kwargs)  # the preset holds every other default
         loader = dm.train_dataloader()  # one loader, persistent workers, iterated once per epoch as Lightning does
         keys = [[k for batch in loader for k in batch["__key__"]] for _ in range(epochs)]
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"keys": keys, "batches": len(loader)}))

@@ -311,7 +311,7 @@ def test_decoding_gives_the_pixels_pil_gives(fmt: str):
     for source in (colour, colour.convert("L")):
         data = encode_image(source, fmt, 90)
         with Image.open(io.BytesIO(data)) as img:
-            rgb, grey = np.asarray(img.convert("RGB")), np.asarray(img.convert("L"))
+            rgb, grey = np.array(img.convert("RGB")), np.array(img.convert("L"))
         assert torch.equal(decode_image(data), torch.from_numpy(rgb).permute(2, 0, 1))
         assert torch.equal(decode_image(data, channels=1), torch.from_numpy(grey)[None])
     with pytest.raises(OSError):
