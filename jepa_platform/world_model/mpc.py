@@ -72,12 +72,12 @@ def run_episodes(
     goals = [np.asarray(goal, np.float32) for _start, goal in pairs]
     episodes, observations, goal_frames = [], [], []
     for k, (env, (start, goal)) in enumerate(zip(envs, pairs, strict=False)):
-        goal_frames.append(env.unwrapped.render_state(np.asarray(goal, np.float32)))
+        goal_frames.append(env.unwrapped.render_state(goals[k]))
         obs, info = env.reset(seed=None if seeds is None else int(seeds[k]), options={"state": start})
         observations.append(obs)
         episodes.append(
             Episode(
-                success=bool(np.linalg.norm(info["state"] - goal) < success_radius),
+                success=bool(np.linalg.norm(info["state"] - goals[k]) < success_radius),
                 steps=0,
                 violations=0,
                 planning_seconds=0.0,
