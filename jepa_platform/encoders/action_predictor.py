@@ -14,7 +14,9 @@ before it to know velocity and acceleration.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule
 
 
 class AdaLNBlock(nn.Module):
@@ -83,6 +85,8 @@ class ActionConditionedPredictor(nn.Module):
     def rollout(self, z0: Tensor, actions: Tensor, past: Tensor | None = None) -> Tensor:
         """Open-loop predictions ``(N, H, D)`` from ``(N, D)``, ``(N, H, A)`` actions and ``(N, history-1, D)``
         previous embeddings: each step feeds on the last ones."""
+        if self.history == 1 and self.action_embed is not None and not self.training and not self._blocks_sharded():
+            return self._rollout_folded(z0, actions)
         if self.history == 1:
             # every step's condition in one batched call, time-major and unbound at once: indexing one step at a time
             # would cost, in backward, a zero-filled copy of the whole condition per step (the gradient planner's)
@@ -101,4 +105,38 @@ class ActionConditionedPredictor(nn.Module):
             z = self(window[:, -1], actions[:, t], window[:, :-1])
             out.append(z)
             window = torch.cat([window[:, 1:], z.unsqueeze(1)], dim=1)
+        return torch.stack(out, dim=1)
+
+    def _blocks_sharded(self) -> bool:
+        """FSDP shards each block as its own unit, gathered when the block's forward runs; the folded path reads the
+        blocks' weights without calling it, so a sharded predictor keeps the layer-by-layer path."""
+        return isinstance(self.blocks[0], FSDPModule)
+
+    def folded_modulation(self) -> tuple[Tensor, Tensor]:
+        """Weight ``(depth * 3 * dim, hidden)`` and bias of every block's modulation composed with the condition's last
+        linear layer (two linear maps in a row are one), the ``1 +`` of scale and gate folded into the bias."""
+        last = self.action_embed[-1]
+        weight = torch.cat([block.modulation.weight for block in self.blocks])
+        bias = torch.cat([block.modulation.bias for block in self.blocks])
+        ones = torch.ones(len(self.blocks), 3, self.dim, dtype=bias.dtype, device=bias.device)
+        ones[:, 0] = 0  # shift keeps its value; scale and gate enter as 1 + ...
+        return weight @ last.weight, weight @ last.bias + bias + ones.flatten()
+
+    def _rollout_folded(self, z0: Tensor, actions: Tensor) -> Tensor:
+        """:meth:`rollout` with one action and no history, as planners and validation call it (eval mode): the same
+        function with a quarter less arithmetic. The condition's last layer and the blocks' modulations are folded into
+        one matrix, and each step's condition is computed inside the step, so a planner's thousands of rows stay in
+        the cache. Gradients reach the actions (the gradient planner); training keeps the layer-by-layer path."""
+        weight, bias = self.folded_modulation()
+        first, activation = self.action_embed[0], self.action_embed[1]
+        z, out = z0, []
+        for a in actions.unbind(1):
+            modulations = F.linear(activation(first(a)), weight, bias).split(3 * self.dim, dim=-1)
+            h = z
+            for block, modulation in zip(self.blocks, modulations, strict=True):
+                shift, scale, gate = modulation.chunk(3, dim=-1)
+                x = torch.addcmul(shift, block.norm(h), scale)
+                h = torch.addcmul(h, gate, block.mlp(x))
+            z = z + self.out(h)
+            out.append(z)
         return torch.stack(out, dim=1)

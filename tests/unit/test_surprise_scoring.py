@@ -150,3 +150,21 @@ def test_with_uncertainty_surprise_is_the_error_in_units_of_the_expected_error()
     assert calibrated.uncertainty_head[-1].weight.grad.abs().sum() > 0  # it learns...
     shaped = [n for n, p in calibrated.named_parameters() if p.grad is not None and not n.startswith("uncertainty_head")]
     assert not shaped  # ...from detached embeddings and errors: it never shapes the model
+
+
+def test_planning_rollout_is_the_training_rollout_with_folded_modulations():
+    """In eval mode (planners, validation) the predictor folds the condition's last layer into the blocks'
+    modulations: the same predictions and action gradients as the layer-by-layer path that training uses."""
+    torch.manual_seed(0)
+    predictor = ActionConditionedPredictor(dim=8, action_dim=3, hidden=16, depth=2)
+    for block in predictor.blocks:  # the gates start at zero: give the modulations something to carry
+        torch.nn.init.normal_(block.modulation.weight, std=0.3)
+        torch.nn.init.normal_(block.modulation.bias, std=0.3)
+    z0 = torch.randn(5, 8)
+    actions = torch.randn(5, 4, 3, requires_grad=True)
+    trained = predictor.train().rollout(z0, actions)
+    (grad_trained,) = torch.autograd.grad(trained.square().sum(), actions)
+    planned = predictor.eval().rollout(z0, actions)
+    (grad_planned,) = torch.autograd.grad(planned.square().sum(), actions)
+    assert torch.allclose(planned, trained, atol=1e-5) and torch.allclose(grad_planned, grad_trained, atol=1e-4)
+    assert not torch.equal(planned[:, 1:], planned[:, :1].expand(-1, 3, -1))  # the actions do change the predictions
