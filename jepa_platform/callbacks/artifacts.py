@@ -23,6 +23,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -59,25 +60,31 @@ class EmbeddingPlots(Callback):
 
     def __init__(self, max_energies: int) -> None:
         self.max_energies = max_energies
-        self._energies: dict[str, list[Tensor]] = {}
+        self._energies: dict[str, deque[Tensor]] = {}
+        self._kept_after_first: dict[str, int] = {}  # values kept per level, the oldest batch's not counted
         self._level_history: dict[str, list[tuple[int, float]]] = {}
         self._latest: Path | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._energies = {}
+        self._energies, self._kept_after_first = {}, {}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         for name, e in exposed(pl_module, "energies").items():
-            kept = self._energies.setdefault(name, [])
+            # the latest batches whose values, the oldest one's left out, stay under max_energies (a running count:
+            # the hook runs every step)
+            kept = self._energies.setdefault(name, deque())
             kept.append(e.detach().reshape(-1))
-            while len(kept) > 1 and sum(t.numel() for t in kept[1:]) >= self.max_energies:
-                kept.pop(0)
+            after_first = self._kept_after_first.get(name, -kept[0].numel()) + kept[-1].numel()
+            while len(kept) > 1 and after_first >= self.max_energies:
+                kept.popleft()
+                after_first -= kept[0].numel()
+            self._kept_after_first[name] = after_first
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         # every rank hands its energies to rank 0 (the histogram is of the global batch); only rank 0 has the logger
-        energies = {name: gather_rows(torch.cat(kept).float()) for name, kept in sorted(self._energies.items()) if kept}
+        energies = {name: gather_rows(torch.cat(list(kept)).float()) for name, kept in sorted(self._energies.items()) if kept}
         if not trainer.is_global_zero or run_logger(trainer) is None:
             return
         out = Path(trainer.default_root_dir) / "plots" / f"epoch{trainer.current_epoch:03d}"

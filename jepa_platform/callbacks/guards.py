@@ -38,14 +38,13 @@ class TrainingDiverged(JepaError):
     """The loss or the gradients became NaN or infinite."""
 
 
-def _grads_finite(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
+def _grads_finite(parameters: list[torch.nn.Parameter], sharded: bool) -> torch.Tensor:
     grads = [p.grad for p in parameters if p.grad is not None]
-    if any(isinstance(g, DTensor) for g in grads):  # FSDP: this rank's shards
+    if sharded:  # FSDP: this rank's shards
         grads = [local_tensor(g) for g in grads]
     if not grads:
         return torch.tensor(True)
-    norms = torch._foreach_norm(grads)
-    return torch.isfinite(torch.stack([n.to(norms[0].device) for n in norms])).all()
+    return torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
 
 
 def _any_rank(flags: torch.Tensor) -> torch.Tensor:
@@ -87,35 +86,56 @@ class NonFiniteGuard(Callback):
         self.skipped = 0
         self.in_a_row = 0
         self._first_bad: torch.Tensor | None = None  # step of the first non-finite loss/grad, -1 if none (device)
-        self._bad_terms: dict[str, torch.Tensor] = {}
+        self._term_names: tuple[str, ...] = ()
+        self._term_bad: torch.Tensor | None = None  # (T,) bool: term non-finite on the first bad step (device)
+        self._retired: dict[str, torch.Tensor] = {}  # terms the objective stopped returning
         self._due = False
         self._parameters: list[torch.nn.Parameter] | None = None
+        self._sharded = False
 
     # -- detection on the device --------------------------------------------------------------------------------
-    def _step_flags(self, pl_module: L.LightningModule) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _step_flags(self, pl_module: L.LightningModule) -> tuple[torch.Tensor, tuple[str, ...], torch.Tensor | None]:
+        """Whether this step is non-finite (device bool), the loss terms' names and their flags ``(T,)``."""
         out = getattr(pl_module, "last_loss", None)
         terms = {"total": out.total, **out.terms} if out is not None else {}
         if self._parameters is None:  # listed once: walking the module tree costs more than the check itself
             self._parameters = [p for p in pl_module.parameters() if p.requires_grad]
-        bad = ~_grads_finite(self._parameters)
+            self._sharded = any(isinstance(p, DTensor) for p in self._parameters)
+        bad = ~_grads_finite(self._parameters, self._sharded)
         if not terms:
-            return bad, {}
+            return bad, (), None
         # one stack and one check for every term (each term on its own costs a few kernels per step)
-        values = [v.detach().float().reshape(()) if v.numel() == 1 else v.detach().float().sum() for v in terms.values()]
+        values = [v.detach() if v.dim() == 0 else v.detach().sum() for v in terms.values()]
         flags = ~torch.isfinite(torch.stack(values).to(bad.device))
-        return bad | flags.any(), dict(zip(terms, flags.unbind(), strict=True))
+        return bad | flags.any(), tuple(terms), flags
+
+    def _mark_terms(self, names: tuple[str, ...], flags: torch.Tensor, step: int) -> None:
+        """Remember which terms were non-finite on the first bad step: one vector of flags, re-laid only when the
+        objective's terms change."""
+        if names != self._term_names:
+            known = self.bad_terms()
+            zero = torch.zeros((), dtype=torch.bool, device=flags.device)
+            self._retired = {n: f for n, f in known.items() if n not in names}
+            self._term_names = names
+            self._term_bad = torch.stack([known.get(n, zero).to(flags.device) for n in names])
+        self._term_bad = self._term_bad | (flags & (self._first_bad == step))
+
+    def bad_terms(self) -> dict[str, torch.Tensor]:
+        """Each loss term seen so far, flagged if it was non-finite on the first bad step (device bools)."""
+        current = dict(zip(self._term_names, self._term_bad.unbind(), strict=True)) if self._term_bad is not None else {}
+        return {**self._retired, **current}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._parameters = None  # the parameters as the strategy left them (FSDP replaces them with sharded ones)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
-        bad, term_flags = self._step_flags(pl_module)
+        bad, names, flags = self._step_flags(pl_module)
         step = trainer.global_step
         if self.policy == "skip":
             # every rank skips or none does: a term may be non-finite on one rank only, and under FSDP each rank sees
             # only its shard of the gradients
-            flags = _any_rank(torch.stack([bad, *(f.to(bad.device) for f in term_flags.values())]))
-            bad, term_flags = flags[0], dict(zip(term_flags, flags[1:], strict=True))
+            both = _any_rank(torch.cat([bad[None], flags]) if flags is not None else bad[None])
+            bad, term_flags = both[0], dict(zip(names, both[1:], strict=True))
             if bool(bad):  # one host sync per step: the decision is needed now
                 self.skipped += 1
                 self.in_a_row += 1
@@ -132,10 +152,9 @@ class NonFiniteGuard(Callback):
             return
         if self._first_bad is None:
             self._first_bad = torch.full((), -1, dtype=torch.long, device=bad.device)
-        self._first_bad = torch.where(bad & (self._first_bad < 0), torch.tensor(step, device=bad.device), self._first_bad)
-        for name, flag in term_flags.items():
-            seen = self._bad_terms.get(name, torch.zeros((), dtype=torch.bool, device=flag.device))
-            self._bad_terms[name] = seen | (flag & ~seen & (self._first_bad == step))
+        self._first_bad = torch.where(bad & (self._first_bad < 0), step, self._first_bad)
+        if flags is not None:
+            self._mark_terms(names, flags, step)
         # read on a step that logs (which reads the device anyway), the first one once check_every_n_steps have passed
         self._due = self._due or (step + 1) % self.every == 0
         if self._due and logs_this_step(trainer):
@@ -152,13 +171,13 @@ class NonFiniteGuard(Callback):
         if self._first_bad is None:
             return
         first_bad = _first_over_ranks(self._first_bad)
-        if self._bad_terms:
-            names = sorted(self._bad_terms)
-            flags = _any_rank(torch.stack([self._bad_terms[n].to(first_bad.device) for n in names]))
-            self._bad_terms = dict(zip(names, flags, strict=True))
+        terms = self.bad_terms()
+        if terms:
+            names = sorted(terms)
+            terms = dict(zip(names, _any_rank(torch.stack([terms[n].to(first_bad.device) for n in names])), strict=True))
         first = int(first_bad)
         if first >= 0:
-            what = self._names(self._bad_terms) or "gradients"
+            what = self._names(terms) or "gradients"
             set_tags(trainer, {"nonfinite.step": first})
             raise TrainingDiverged(
                 f"training became non-finite at step {first} ({what} NaN or infinite): lower optimizer.lr, add "

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -103,6 +104,32 @@ def _fit(guard: NonFiniteGuard, tmp_path: Path, at: int, checkpoint_every: int =
 def test_nonfinite_guard_stop_names_the_step_without_reading_every_step(tmp_path: Path):
     with pytest.raises(TrainingDiverged, match="non-finite at step 3 "):
         _fit(_guard(policy="stop", check_every_n_steps=5), tmp_path, at=3)
+
+
+class _BlowsInATerm(_Blows):
+    """Exposes its loss terms as the objectives do (``last_loss``); the ``stretch`` term is NaN from step ``at``, and
+    an ``extra`` term appears from step 2 (the terms an objective returns may change)."""
+
+    def training_step(self, batch, batch_idx):
+        fit = (self.w * batch[0]).pow(2).mean()
+        stretch = fit * float("nan") if self.global_step >= self.at else fit
+        terms = {"fit": fit, "stretch": stretch, **({"extra": fit.detach()} if self.global_step >= 2 else {})}
+        self.last_loss = SimpleNamespace(total=fit + stretch, terms=terms)
+        return fit + stretch
+
+
+def test_nonfinite_guard_names_the_loss_term_that_went_non_finite(tmp_path: Path):
+    guard = _guard(policy="stop", check_every_n_steps=5)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[guard])
+    with pytest.raises(TrainingDiverged, match=r"non-finite at step 3 \(loss term stretch, loss term total NaN"):
+        trainer.fit(_BlowsInATerm(at=3))
+
+
+def test_nonfinite_guard_skip_stops_after_bad_steps_in_a_row_naming_the_term(tmp_path: Path):
+    guard = _guard(policy="skip", max_consecutive=3)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[guard])
+    with pytest.raises(TrainingDiverged, match=r"3 training steps in a row were non-finite \(last: step 5, loss term total, loss term stretch\)"):
+        trainer.fit(_BlowsInATerm(at=3))
 
 
 def test_nonfinite_guard_checks_before_every_checkpoint(tmp_path: Path):
