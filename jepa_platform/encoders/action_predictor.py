@@ -124,7 +124,7 @@ class ActionConditionedPredictor(nn.Module):
 
     def _rollout_folded(self, z0: Tensor, actions: Tensor) -> Tensor:
         """:meth:`rollout` with one action and no history, as planners and validation call it (eval mode): the same
-        function with a quarter less arithmetic. The condition's last layer and the blocks' modulations are folded into
+        function with about a fifth less arithmetic. The condition's last layer and the blocks' modulations are folded into
         one matrix, and each step's condition is computed inside the step, so a planner's thousands of rows stay in
         the cache. Gradients reach the actions (the gradient planner); training keeps the layer-by-layer path."""
         weight, bias = self.folded_modulation()
