@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from jepa_platform.callbacks.cadence import logged_on_host
 from jepa_platform.config import build, compose_config
 from jepa_platform.objectives import JointEmbeddingObjective
+from jepa_platform.profiling import default_profiler
 from jepa_platform.tracking import RunLogger
 from jepa_platform.train import _build_logger, _instantiate_callbacks
 
@@ -114,7 +115,7 @@ def platform_steps(cfg: Any, batches: list[dict]) -> list[float]:
     model = build(cfg.objective, "objective")
     timer = StepTimes()
     logger = _build_logger(cfg, None)
-    trainer = build(cfg.trainer, "trainer", callbacks=[*_instantiate_callbacks(cfg.callbacks), timer], logger=logger)
+    trainer = build(cfg.trainer, "trainer", callbacks=[*_instantiate_callbacks(cfg.callbacks), timer], logger=logger, **default_profiler(cfg.trainer))
     logged_on_host(trainer)  # as run_train: a logging step's values reach the host in one transfer
     if isinstance(logger, RunLogger):
         logger.connect()

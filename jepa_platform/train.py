@@ -41,6 +41,7 @@ from jepa_platform.checkpoints import (
 from jepa_platform.config import build, job_config
 from jepa_platform.errors import CheckpointError, JepaError, one_line
 from jepa_platform.launch import global_rank, requeued
+from jepa_platform.profiling import default_profiler
 from jepa_platform.tracking import RunLogger, check_tracking_uri
 from jepa_platform.tracking.outbox import OUTBOX_DIR
 from jepa_platform.tracking.recorder import RunRecorder
@@ -164,7 +165,7 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [*callbacks, RNGStates(), recorder]
     if cfg.trainer.get("enable_progress_bar", True) is not False:
         callbacks.append(ProgressBar(every_n_steps=int(cfg.trainer.get("log_every_n_steps") or 10)))
-    trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
+    trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger, **default_profiler(cfg.trainer))
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     logged_on_host(trainer)  # a logging step's values reach the host in one transfer per device
     if ckpt_path is not None and is_sharded(ckpt_path) and not isinstance(trainer.strategy, ModelParallelStrategy):
