@@ -124,9 +124,10 @@ class ActionConditionedPredictor(nn.Module):
 
     def _rollout_folded(self, z0: Tensor, actions: Tensor) -> Tensor:
         """:meth:`rollout` with one action and no history, as planners and validation call it (eval mode): the same
-        function with about a fifth less arithmetic. The condition's last layer and the blocks' modulations are folded into
-        one matrix, and each step's condition is computed inside the step, so a planner's thousands of rows stay in
-        the cache. Gradients reach the actions (the gradient planner); training keeps the layer-by-layer path."""
+        function with about a fifth less arithmetic. The condition's last layer and the blocks' modulations are
+        folded into one matrix, and each step's condition is computed inside the step, so a planner's thousands of
+        rows stay in the cache. Gradients reach the actions (the gradient planner); training keeps the layer-by-layer
+        path."""
         weight, bias = self.folded_modulation()
         first, activation = self.action_embed[0], self.action_embed[1]
         z, out = z0, []
