@@ -9,12 +9,13 @@ resumed run neither repeats nor skips an update. Under gradient accumulation it 
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch import nn
+from torch import Tensor, nn
 
 from jepa_platform.callbacks.cadence import logs_this_step
 from jepa_platform.parallel import paired_local_tensors
@@ -25,19 +26,35 @@ def momentum_at(step: int, total_steps: int, start: float, end: float) -> float:
     return start + (end - start) * min(step / max(total_steps, 1), 1.0)
 
 
+#: each module's submodules, listed on its first update: walking the module tree every step costs more than the
+#: update itself for a small model (the tree does not change during training; its tensors are read at every update)
+_SUBMODULES: weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module, ...]] = weakref.WeakKeyDictionary()
+
+
+def _state_tensors(module: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
+    """``module.parameters()`` and ``module.buffers()``, in their order and without repeats, from the submodules
+    listed once. The tensors are read from the submodules every time: FSDP swaps sharded and unsharded ones."""
+    modules = _SUBMODULES.get(module)
+    if modules is None:
+        modules = _SUBMODULES[module] = tuple(module.modules())
+    params = [p for m in modules for p in m._parameters.values() if p is not None]
+    buffers = [b for m in modules for b in m._buffers.values() if b is not None]
+    return list(dict.fromkeys(params)), list(dict.fromkeys(buffers))  # a tied weight is updated once
+
+
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     """``target <- momentum * target + (1 - momentum) * online`` for every parameter; buffers are copied.
 
     Under FSDP2 the two modules are sharded by the same plan, and the update runs on each rank's local shards
     (no communication, no gathered copy)."""
-    t_params, o_params = list(target.parameters()), list(online.parameters())
+    (t_params, t_buffers), (o_params, o_buffers) = _state_tensors(target), _state_tensors(online)
     if len(t_params) != len(o_params):
         raise ValueError(f"target has {len(t_params)} parameters, online {len(o_params)}: the target must be a copy of the online module")
-    t_local, o_local = paired_local_tensors(t_params, [p.detach() for p in o_params])
+    t_local, o_local = paired_local_tensors(t_params, o_params)
     torch._foreach_mul_(t_local, momentum)
     torch._foreach_add_(t_local, o_local, alpha=1.0 - momentum)
-    t_bufs, o_bufs = paired_local_tensors(list(target.buffers()), list(online.buffers()))
+    t_bufs, o_bufs = paired_local_tensors(t_buffers, o_buffers)
     for t_buf, o_buf in zip(t_bufs, o_bufs, strict=True):
         t_buf.copy_(o_buf)
 

@@ -38,3 +38,21 @@ def test_momentum_schedule():
 def test_ema_update_refuses_mismatched_modules():
     with pytest.raises(ValueError, match="copy"):
         ema_update(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), 0.9)
+
+
+def test_ema_update_reads_the_current_tensors_and_updates_a_tied_weight_once():
+    """The submodules are listed once; the tensors are read at every update (FSDP swaps them), and a weight shared by
+    two layers gets one momentum step, as ``parameters()`` lists it once."""
+    online = nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 5))
+    online[1].weight = online[0].weight
+    target = copy.deepcopy(online).requires_grad_(False)
+    with torch.no_grad():
+        online[0].weight.fill_(1.0)
+        target[0].weight.fill_(0.0)
+    ema_update(target, online, 0.5)
+    assert torch.equal(target[0].weight, torch.full((5, 4), 0.5)) and target[1].weight is target[0].weight
+    target[1].bias = nn.Parameter(torch.zeros(5), requires_grad=False)  # swapped after the first update
+    with torch.no_grad():
+        online[1].bias.fill_(2.0)
+    ema_update(target, online, 0.5)
+    assert torch.equal(target[1].bias, torch.full((5,), 1.0)) and torch.equal(target[0].weight, torch.full((5, 4), 0.75))
