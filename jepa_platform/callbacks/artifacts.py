@@ -61,24 +61,22 @@ class EmbeddingPlots(Callback):
     def __init__(self, max_energies: int) -> None:
         self.max_energies = max_energies
         self._energies: dict[str, deque[Tensor]] = {}
-        self._kept_after_first: dict[str, int] = {}  # values kept per level, the oldest batch's not counted
+        self._kept_values: dict[str, int] = {}  # values kept per level (a running count: the hook runs every step)
         self._level_history: dict[str, list[tuple[int, float]]] = {}
         self._latest: Path | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._energies, self._kept_after_first = {}, {}
+        self._energies, self._kept_values = {}, {}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         for name, e in exposed(pl_module, "energies").items():
-            # the latest batches whose values, the oldest one's left out, stay under max_energies (a running count:
-            # the hook runs every step)
+            # the latest batches whose values, the oldest one's left out, stay under max_energies
             kept = self._energies.setdefault(name, deque())
             kept.append(e.detach().reshape(-1))
-            after_first = self._kept_after_first.get(name, -kept[0].numel()) + kept[-1].numel()
-            while len(kept) > 1 and after_first >= self.max_energies:
-                kept.popleft()
-                after_first -= kept[0].numel()
-            self._kept_after_first[name] = after_first
+            total = self._kept_values.get(name, 0) + kept[-1].numel()
+            while len(kept) > 1 and total - kept[0].numel() >= self.max_energies:
+                total -= kept.popleft().numel()
+            self._kept_values[name] = total
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:

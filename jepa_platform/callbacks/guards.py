@@ -86,9 +86,9 @@ class NonFiniteGuard(Callback):
         self.skipped = 0
         self.in_a_row = 0
         self._first_bad: torch.Tensor | None = None  # step of the first non-finite loss/grad, -1 if none (device)
-        self._term_names: tuple[str, ...] = ()
-        self._term_bad: torch.Tensor | None = None  # (T,) bool: term non-finite on the first bad step (device)
-        self._retired: dict[str, torch.Tensor] = {}  # terms the objective stopped returning
+        # per set of loss-term names (an objective returns one): (T,) device bools, the term non-finite on the first
+        # bad step
+        self._term_flags: dict[tuple[str, ...], torch.Tensor] = {}
         self._due = False
         self._parameters: list[torch.nn.Parameter] | None = None
         self._sharded = False
@@ -110,20 +110,18 @@ class NonFiniteGuard(Callback):
         return bad | flags.any(), tuple(terms), flags
 
     def _mark_terms(self, names: tuple[str, ...], flags: torch.Tensor, step: int) -> None:
-        """Remember which terms were non-finite on the first bad step: one vector of flags, re-laid only when the
-        objective's terms change."""
-        if names != self._term_names:
-            known = self.bad_terms()
-            zero = torch.zeros((), dtype=torch.bool, device=flags.device)
-            self._retired = {n: f for n, f in known.items() if n not in names}
-            self._term_names = names
-            self._term_bad = torch.stack([known.get(n, zero).to(flags.device) for n in names])
-        self._term_bad = self._term_bad | (flags & (self._first_bad == step))
+        """Remember which terms were non-finite on the first bad step: one vector of flags per set of term names."""
+        new = flags & (self._first_bad == step)
+        seen = self._term_flags.get(names)
+        self._term_flags[names] = new if seen is None else seen | new
 
     def bad_terms(self) -> dict[str, torch.Tensor]:
         """Each loss term seen so far, flagged if it was non-finite on the first bad step (device bools)."""
-        current = dict(zip(self._term_names, self._term_bad.unbind(), strict=True)) if self._term_bad is not None else {}
-        return {**self._retired, **current}
+        out: dict[str, torch.Tensor] = {}
+        for names, flags in self._term_flags.items():
+            for name, flag in zip(names, flags.unbind(), strict=True):
+                out[name] = out[name] | flag if name in out else flag
+        return out
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._parameters = None  # the parameters as the strategy left them (FSDP replaces them with sharded ones)

@@ -32,7 +32,11 @@ class AdaLNBlock(nn.Module):
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         shift, scale, gate = self.modulation(cond).chunk(3, dim=-1)
-        return x + (1 + gate) * self.mlp(self.norm(x) * (1 + scale) + shift)
+        return self.modulated(x, shift, 1 + scale, 1 + gate)
+
+    def modulated(self, x: Tensor, shift: Tensor, scale: Tensor, gate: Tensor) -> Tensor:
+        """The block under a given modulation, ``scale`` and ``gate`` as the factors (``1 + ...`` of the module's)."""
+        return x + gate * self.mlp(self.norm(x) * scale + shift)
 
 
 class ActionConditionedPredictor(nn.Module):
@@ -135,9 +139,7 @@ class ActionConditionedPredictor(nn.Module):
             modulations = F.linear(activation(first(a)), weight, bias).split(3 * self.dim, dim=-1)
             h = z
             for block, modulation in zip(self.blocks, modulations, strict=True):
-                shift, scale, gate = modulation.chunk(3, dim=-1)
-                x = torch.addcmul(shift, block.norm(h), scale)
-                h = torch.addcmul(h, gate, block.mlp(x))
+                h = block.modulated(h, *modulation.chunk(3, dim=-1))
             z = z + self.out(h)
             out.append(z)
         return torch.stack(out, dim=1)
