@@ -13,6 +13,10 @@ step), and the last column the mean over the steps that log; of the interleaved 
 its median). Target: overhead
 <= 1 ms per step that does not log.
 
+One torch thread by default (``--threads``): a GPU's host side is one Python thread, and on this 2-core machine a
+second intra-op thread makes every small kernel wait for whichever core the logger's or the system monitor's thread
+has just taken, which moved single figures by +-0.5 ms between runs (with one thread they repeat within 0.05 ms).
+
     python -m benchmarks.framework_overhead [--objectives vicreg,ac_jepa] [--steps 60] [--rounds 2]
 """
 
@@ -24,6 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import open_dict
 
 from benchmarks.step_overhead import bare_steps, platform_steps
@@ -137,7 +142,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--extra", nargs="*", default=[], help="config overrides (e.g. callbacks.online_probe=null)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (see the module docstring)")
     args = p.parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _table(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _table(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     head = f"{'objective':<22}{'bare step':>11}{'platform':>11}{'overhead':>11}{'mean overhead':>15}{'logging step overhead':>24}"
     print(head + "\n" + "-" * len(head))

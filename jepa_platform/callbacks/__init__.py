@@ -6,6 +6,7 @@ from jepa_platform.callbacks.artifacts import EmbeddingPlots, EncoderModel, Syst
 from jepa_platform.callbacks.checkpoint import ModelCheckpoint
 from jepa_platform.callbacks.data import DataHealth
 from jepa_platform.callbacks.evaluation import EmbeddingMonitor, KNNMonitor, OnlineProbe
+from jepa_platform.callbacks.garbage import GarbageCollection
 from jepa_platform.callbacks.guards import CollapseMonitor, NonFiniteGuard, TrainingDiverged
 from jepa_platform.callbacks.learning_rates import LearningRates
 from jepa_platform.callbacks.preemption import Preempted, Preemption
@@ -19,6 +20,7 @@ __all__ = [
     "EmbeddingPlots",
     "EncoderModel",
     "EpochSummary",
+    "GarbageCollection",
     "KNNMonitor",
     "LearningRates",
     "ModelCheckpoint",

@@ -3,7 +3,7 @@ system metrics. Each does nothing without an MLflow logger (``logger=none``) and
 
 - :class:`EmbeddingPlots`: after each validation (``plots/epoch<NNN>/``) and at the end (``plots/final/``): the
   correlation matrix of the validation representation, its singular-value spectrum with the effective rank, and
-  the histogram of the per-sample energies of the epoch's training pairs, all ranks' (one series per level for H-JEPA), with
+  the histogram of the per-sample energies of the epoch's training pairs (a sample of its steps), all ranks' (one series per level for H-JEPA), with
   the mean energy per level over epochs for objectives with several levels. The PNGs also stay in the run
   directory (``<run dir>/plots/``).
 - :class:`EncoderModel`: the trained encoder as an MLflow ``pytorch`` model (``encoder/``, with an input example
@@ -56,10 +56,15 @@ class EmbeddingPlots(Callback):
 
     Args:
         max_energies: per-sample energies kept per level for the histogram (the epoch's latest ones).
+        every_n_steps: the energies are read on every ``n``-th step and the epoch's last (``None``: every
+            ``trainer.log_every_n_steps``); a histogram needs a sample of the epoch, and reading the energies of every
+            step would compute what objectives hand over lazily on steps whose values are otherwise thrown away.
     """
 
-    def __init__(self, max_energies: int) -> None:
-        self.max_energies = max_energies
+    def __init__(self, max_energies: int, every_n_steps: int | None) -> None:
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError("callbacks.embedding_plots.every_n_steps must be >= 1 (or null: trainer.log_every_n_steps)")
+        self.max_energies, self.every_n_steps = max_energies, every_n_steps
         self._energies: dict[str, deque[Tensor]] = {}
         self._kept_values: dict[str, int] = {}  # values kept per level (a running count: the hook runs every step)
         self._level_history: dict[str, list[tuple[int, float]]] = {}
@@ -69,6 +74,9 @@ class EmbeddingPlots(Callback):
         self._energies, self._kept_values = {}, {}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        every = self.every_n_steps or trainer.log_every_n_steps
+        if trainer.global_step % max(every, 1) and not trainer.is_last_batch:  # global_step already counts this step
+            return
         for name, e in exposed(pl_module, "energies").items():
             # the latest batches whose values, the oldest one's left out, stay under max_energies
             kept = self._energies.setdefault(name, deque())

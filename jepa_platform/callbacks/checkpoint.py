@@ -27,6 +27,15 @@ def validation_follows(trainer: L.Trainer) -> bool:
 class ModelCheckpoint(LightningModelCheckpoint):
     """``lightning.pytorch.callbacks.ModelCheckpoint`` (same arguments); see the module docstring."""
 
+    @property
+    def state_key(self) -> str:
+        """Lightning's key (its arguments do not change after ``__init__``), built once: Lightning formats it into a
+        profiler label at every hook call, six a step."""
+        key = self.__dict__.get("_cached_state_key")
+        if key is None:
+            key = self.__dict__["_cached_state_key"] = super().state_key
+        return key
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         last_batch = batch_idx + 1 >= trainer.num_training_batches
         if last_batch and validation_follows(trainer) and self._every_n_train_steps >= 1:

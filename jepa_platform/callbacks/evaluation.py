@@ -41,9 +41,38 @@ VAL_LOADER, BANK_LOADER = 0, 1
 MAIN = "features"
 
 
+class Lazy:
+    """An exposed value computed when a callback first reads it, under no grad, from detached inputs.
+
+    The readers work on a sample of steps (statistics and plots on the steps that log, the probe every few steps);
+    a value computed on every step for them (a standardised embedding, per-pair energies) is a handful of kernels
+    that most steps would throw away."""
+
+    __slots__ = ("_fn", "_value")
+
+    def __init__(self, fn: Any) -> None:
+        self._fn, self._value = fn, None
+
+    def get(self) -> Tensor:
+        if self._fn is not None:
+            with torch.no_grad():
+                self._value = self._fn().detach()
+            self._fn = None
+        return self._value
+
+
+def _resolved(value: Any) -> Any:
+    if isinstance(value, Lazy):
+        return value.get()
+    if isinstance(value, tuple):
+        return tuple(_resolved(v) for v in value)
+    return value
+
+
 def exposed(pl_module: L.LightningModule, kind: str) -> dict[str, Tensor]:
-    """What the objective exposed of ``kind`` (``features``, ``stats``, ``pairs``, ``energies``) on its last step."""
-    return dict(getattr(pl_module, "exposed", {}).get(kind, {}))
+    """What the objective exposed of ``kind`` (``features``, ``stats``, ``pairs``, ``energies``) on its last step
+    (:class:`Lazy` values computed now, once)."""
+    return {k: _resolved(v) for k, v in getattr(pl_module, "exposed", {}).get(kind, {}).items()}
 
 
 def feature_widths(pl_module: L.LightningModule) -> dict[str, int]:

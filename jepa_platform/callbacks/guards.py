@@ -38,13 +38,35 @@ class TrainingDiverged(JepaError):
     """The loss or the gradients became NaN or infinite."""
 
 
+def _kinds(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """``tensors`` grouped by (device, dtype), in order: a fused check takes one kind at a time."""
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    return list(groups.values())
+
+
+def _non_finite(groups: list[list[torch.Tensor]]) -> torch.Tensor:
+    """``(1,)`` device bool: whether any tensor of ``groups`` (each of one device and dtype) holds a NaN or an inf.
+
+    One fused pass per group with torch's mixed-precision scaler's own check (``inv_scale`` 1: the tensors are
+    multiplied by exactly one): a few times cheaper than a norm per tensor (0.09 -> 0.01 ms for H-JEPA's 71 gradients
+    on this CPU) and one kernel per group on a GPU."""
+    found = []
+    for tensors in groups:
+        device = tensors[0].device
+        flag = torch.zeros(1, device=device)
+        torch._amp_foreach_non_finite_check_and_unscale_(tensors, flag, torch.ones(1, device=device))
+        found.append(flag)
+    total = found[0] if len(found) == 1 else torch.stack([f.to(found[0].device) for f in found]).sum(0)
+    return total > 0
+
+
 def _grads_finite(parameters: list[torch.nn.Parameter], sharded: bool) -> torch.Tensor:
+    """Whether every gradient is finite (a ``(1,)`` device bool, no host sync); FSDP: this rank's shards."""
     grads = [p.grad for p in parameters if p.grad is not None]
-    if sharded:  # FSDP: this rank's shards
-        grads = [local_tensor(g) for g in grads]
-    if not grads:
-        return torch.tensor(True)
-    return torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+    grads = [local_tensor(g) for g in grads] if sharded else grads
+    return ~_non_finite(_kinds(grads)) if grads else torch.ones(1, dtype=torch.bool)
 
 
 def _any_rank(flags: torch.Tensor) -> torch.Tensor:
@@ -85,41 +107,45 @@ class NonFiniteGuard(Callback):
         self.policy, self.every, self.max_consecutive = policy, check_every_n_steps, max_consecutive
         self.skipped = 0
         self.in_a_row = 0
-        self._first_bad: torch.Tensor | None = None  # step of the first non-finite loss/grad, -1 if none (device)
-        # per set of loss-term names (an objective returns one): (T,) device bools, the term non-finite on the first
-        # bad step
-        self._term_flags: dict[tuple[str, ...], torch.Tensor] = {}
+        self._first_bad: torch.Tensor | None = None  # (1,) step of the first non-finite loss/grad, -1 if none (device)
+        # per set of loss-term names (an objective returns one): (T,) the terms' values on the first bad step (zeros
+        # until then; device)
+        self._term_values: dict[tuple[str, ...], torch.Tensor] = {}
         self._due = False
-        self._parameters: list[torch.nn.Parameter] | None = None
+        self._parameters: list[list[torch.nn.Parameter]] | None = None  # trainable ones, by (device, dtype)
         self._sharded = False
 
     # -- detection on the device --------------------------------------------------------------------------------
-    def _step_flags(self, pl_module: L.LightningModule) -> tuple[torch.Tensor, tuple[str, ...], torch.Tensor | None]:
-        """Whether this step is non-finite (device bool), the loss terms' names and their flags ``(T,)``."""
-        out = getattr(pl_module, "last_loss", None)
-        terms = {"total": out.total, **out.terms} if out is not None else {}
-        if self._parameters is None:  # listed once: walking the module tree costs more than the check itself
-            self._parameters = [p for p in pl_module.parameters() if p.requires_grad]
-            self._sharded = any(isinstance(p, DTensor) for p in self._parameters)
-        bad = ~_grads_finite(self._parameters, self._sharded)
-        if not terms:
-            return bad, (), None
-        # one stack and one check for every term (each term on its own costs a few kernels per step)
-        values = [v.detach() if v.dim() == 0 else v.detach().sum() for v in terms.values()]
-        flags = ~torch.isfinite(torch.stack(values).to(bad.device))
-        return bad | flags.any(), tuple(terms), flags
+    def _step_check(self, pl_module: L.LightningModule) -> tuple[torch.Tensor, tuple[str, ...], torch.Tensor | None]:
+        """Whether this step is non-finite (``(1,)`` device bool), the loss terms' names and their values ``(T,)``.
 
-    def _mark_terms(self, names: tuple[str, ...], flags: torch.Tensor, step: int) -> None:
-        """Remember which terms were non-finite on the first bad step: one vector of flags per set of term names."""
-        new = flags & (self._first_bad == step)
-        seen = self._term_flags.get(names)
-        self._term_flags[names] = new if seen is None else seen | new
+        Gradients and loss terms go through one fused check: at GPU step rates the guard's cost is its number of
+        small operations, not their size."""
+        out = getattr(pl_module, "last_loss", None)
+        if self._parameters is None:  # listed once: walking the module tree costs more than the check itself
+            self._parameters = _kinds([p for p in pl_module.parameters() if p.requires_grad])
+            self._sharded = any(isinstance(p, DTensor) for group in self._parameters for p in group)
+        groups = []
+        for params in self._parameters:
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                groups.append([local_tensor(g) for g in grads] if self._sharded else grads)
+        values = None
+        if out is not None:
+            terms = [out.total, *out.terms.values()]
+            values = torch.stack([v.detach() if v.dim() == 0 else v.detach().sum() for v in terms])
+            kind = (values.device, values.dtype)
+            match = next((g for g in groups if (g[0].device, g[0].dtype) == kind), None)
+            groups = [[*g, values] if g is match else g for g in groups] if match is not None else [*groups, [values]]
+        bad = _non_finite(groups) if groups else torch.zeros(1, dtype=torch.bool)
+        names = ("total", *out.terms) if out is not None else ()
+        return bad, names, values
 
     def bad_terms(self) -> dict[str, torch.Tensor]:
         """Each loss term seen so far, flagged if it was non-finite on the first bad step (device bools)."""
         out: dict[str, torch.Tensor] = {}
-        for names, flags in self._term_flags.items():
-            for name, flag in zip(names, flags.unbind(), strict=True):
+        for names, values in self._term_values.items():
+            for name, flag in zip(names, (~torch.isfinite(values)).unbind(), strict=True):
                 out[name] = out[name] | flag if name in out else flag
         return out
 
@@ -127,12 +153,13 @@ class NonFiniteGuard(Callback):
         self._parameters = None  # the parameters as the strategy left them (FSDP replaces them with sharded ones)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
-        bad, names, flags = self._step_flags(pl_module)
+        bad, names, values = self._step_check(pl_module)
         step = trainer.global_step
         if self.policy == "skip":
+            flags = ~torch.isfinite(values) if values is not None else None
             # every rank skips or none does: a term may be non-finite on one rank only, and under FSDP each rank sees
             # only its shard of the gradients
-            both = _any_rank(torch.cat([bad[None], flags]) if flags is not None else bad[None])
+            both = _any_rank(torch.cat([bad, flags.to(bad.device)]) if flags is not None else bad)
             bad, term_flags = both[0], dict(zip(names, both[1:], strict=True))
             if bool(bad):  # one host sync per step: the decision is needed now
                 self.skipped += 1
@@ -149,10 +176,12 @@ class NonFiniteGuard(Callback):
             pl_module.log("train/nonfinite_steps", float(self.skipped), on_step=True, on_epoch=False, batch_size=1)
             return
         if self._first_bad is None:
-            self._first_bad = torch.full((), -1, dtype=torch.long, device=bad.device)
-        self._first_bad = torch.where(bad & (self._first_bad < 0), step, self._first_bad)
-        if flags is not None:
-            self._mark_terms(names, flags, step)
+            self._first_bad = torch.full((1,), -1, dtype=torch.long, device=bad.device)
+        first = bad & (self._first_bad < 0)  # this is the first bad step
+        self._first_bad.masked_fill_(first, step)
+        if values is not None:  # keep the terms' values of the first bad step (named at the check)
+            seen = self._term_values.get(names)
+            self._term_values[names] = torch.where(first.to(values.device), values, seen if seen is not None else torch.zeros_like(values))
         # read on a step that logs (which reads the device anyway), the first one once check_every_n_steps have passed
         self._due = self._due or (step + 1) % self.every == 0
         if self._due and logs_this_step(trainer):

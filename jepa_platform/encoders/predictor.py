@@ -41,7 +41,7 @@ class MaskedPredictor(nn.Module):
 
     def forward(self, context: Tensor, context_idx: Tensor, target_idx: Tensor, grid: tuple[int, int, int]) -> Tensor:
         batch, sets, n_target = target_idx.shape
-        pos = sincos_grid(grid, self.dim, context.device).to(context.dtype)
+        pos = sincos_grid(grid, self.dim, context.device, context.dtype)
         x = self.embed(context) + pos[context_idx]
         x = x.repeat_interleave(sets, dim=0)  # (B*M, Nc, dim): every target set sees the whole context
         queries = self.mask_token + pos[target_idx.flatten(0, 1)]  # (B*M, Nt, dim)

@@ -32,8 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from jepa_platform.callbacks.cadence import logs_this_step
-from jepa_platform.callbacks.evaluation import BANK_LOADER, VAL_LOADER
+from jepa_platform.callbacks.cadence import logs_this_step, skip_unused_step_hooks
+from jepa_platform.callbacks.evaluation import BANK_LOADER, VAL_LOADER, Lazy
 from jepa_platform.distributed import gather_with_grad
 from jepa_platform.encoders.heads import projector as make_projector
 from jepa_platform.errors import ConfigError
@@ -41,9 +41,17 @@ from jepa_platform.losses.functional import LossOutput
 from jepa_platform.masking.collate import model_input
 from jepa_platform.optim import LR_SCALING, OptimizerFactory, lr_scale, param_groups, warmup_cosine
 from jepa_platform.parallel import FSDP2Strategy, shard_objective
+from jepa_platform.transfer import move_batch
 
 log = logging.getLogger(__name__)
 __all__ = ["BANK_LOADER", "VAL_LOADER", "JointEmbeddingObjective", "Objective", "SelfSupervisedObjective", "StepOutput"]
+
+
+Exposed = Tensor | Lazy
+
+
+def _detached(value: Exposed) -> Exposed:
+    return value if isinstance(value, Lazy) else value.detach()
 
 
 @dataclass
@@ -124,7 +132,7 @@ class Objective(L.LightningModule):
         self.encoder = encoder
         self.optimizer_factory = optimizer
         self.feature_dim = int(feature_dim or encoder.num_features)
-        self.exposed: dict[str, dict[str, Tensor]] = {}
+        self.exposed: dict[str, dict[str, Any]] = {}
 
     # -- hooks --------------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -179,20 +187,32 @@ class Objective(L.LightningModule):
 
     def expose(
         self,
-        features: Mapping[str, Tensor] | None = None,
-        stats: Mapping[str, Tensor] | None = None,
-        pairs: Mapping[str, tuple[Tensor, Tensor]] | None = None,
-        energies: Mapping[str, Tensor] | None = None,
+        features: Mapping[str, Exposed] | None = None,
+        stats: Mapping[str, Exposed] | None = None,
+        pairs: Mapping[str, tuple[Exposed, Exposed]] | None = None,
+        energies: Mapping[str, Exposed] | None = None,
     ) -> None:
         """Hand this step's detached tensors to the evaluation callbacks, which read them after the step:
         representations (``features``), training embeddings (``stats``), positive pairs of a ``stats`` group
-        (``pairs``: two views, for alignment) and per-sample energies ``(B,)`` (``energies``: one entry per level)."""
+        (``pairs``: two views, for alignment) and per-sample energies ``(B,)`` (``energies``: one entry per level).
+        A value only some steps' readers need is better handed as a :class:`~jepa_platform.callbacks.evaluation.Lazy`
+        (computed if read)."""
         self.exposed = {
-            "features": {k: v.detach() for k, v in (features or {}).items()},
-            "stats": {k: v.detach() for k, v in (stats or {}).items()},
-            "pairs": {k: (a.detach(), b.detach()) for k, (a, b) in (pairs or {}).items()},
-            "energies": {k: v.detach() for k, v in (energies or {}).items()},
+            "features": {k: _detached(v) for k, v in (features or {}).items()},
+            "stats": {k: _detached(v) for k, v in (stats or {}).items()},
+            "pairs": {k: (_detached(a), _detached(b)) for k, (a, b) in (pairs or {}).items()},
+            "energies": {k: _detached(v) for k, v in (energies or {}).items()},
         }
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """The batch on ``device`` by :func:`~jepa_platform.transfer.move_batch` (a walk of plain collections only;
+        other types: Lightning's generic one)."""
+        moved = move_batch(batch, device)
+        return moved if moved is not None else super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def on_fit_start(self) -> None:
+        # here the list is final (the Trainer's, Lightning's defaults and configure_callbacks'), and every run has it
+        skip_unused_step_hooks(self.trainer.callbacks)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.exposed = {}
@@ -329,12 +349,13 @@ class JointEmbeddingObjective(SelfSupervisedObjective):
         out, reps, embs = step.loss, step.representations, step.embeddings
         bs = views[0].shape[0]
         # Gathered terms are equal on every rank; local ones (InfoNCE anchors, invariance) are averaged here.
-        self.log_loss(out, self.energy(out, embs), bs)
-        z1, z2 = (self.loss_space(e.detach()) for e in embs[:2])
+        self.log_loss(out, self.energy(out, embs) if logs_this_step(self._trainer) else None, bs)
+        e1, e2 = (e.detach() for e in embs[:2])
+        z1, z2 = Lazy(lambda: self.loss_space(e1)), Lazy(lambda: self.loss_space(e2))
         self.expose(
             {"features": reps[0]},
             {"repr": reps[0], "emb": z1},
             pairs={"repr": (reps[0], reps[1]), "emb": (z1, z2)},
-            energies={"energy": self.pair_energy(z1, z2)},
+            energies={"energy": Lazy(lambda: self.pair_energy(z1.get(), z2.get()))},
         )
         return out.total

@@ -47,6 +47,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from jepa_platform.callbacks.evaluation import Lazy
 from jepa_platform.encoders.pos_embed import sincos_grid
 from jepa_platform.encoders.predictor import MaskedPredictor
 from jepa_platform.errors import ConfigError
@@ -96,7 +97,7 @@ class LevelEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, positions: Tensor, grid: Grid) -> Tensor:
-        pos = sincos_grid(grid, self.dim, x.device).to(x.dtype)[positions]
+        pos = sincos_grid(grid, self.dim, x.device, x.dtype)[positions]
         return self.norm(self.blocks(self.embed(x) + pos))
 
 
@@ -259,7 +260,7 @@ class HJEPA(MaskedJEPA):
         levels = {f"level{k}": p for k, p in enumerate(pooled, start=1)}
         self.expose(
             {"features": features, **levels},
-            {"repr": features, "emb": normalised_targets(reps[0]).flatten(0, 1), **levels},
+            {"repr": features, "emb": Lazy(lambda: normalised_targets(reps[0]).flatten(0, 1)), **levels},
             energies={f"level{k}": e for k, e in enumerate(per_sample, start=1)},
         )
         return out.total

@@ -108,8 +108,7 @@ class MaskedJEPA(SelfSupervisedObjective):
         return [(self.target, self.encoder)]
 
     def update_target(self, momentum: float) -> None:
-        for target, online in self.online_modules():
-            ema_update(target, online, momentum)
+        ema_update(self.online_modules(), momentum)
 
     def configure_callbacks(self) -> list:
         return [EMATargetUpdate(self.hparams.momentum_start, self.hparams.momentum_end)]

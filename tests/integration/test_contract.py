@@ -12,6 +12,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from jepa_platform.callbacks.evaluation import exposed
 from jepa_platform.config import group_options
 from jepa_platform.objectives.base import JointEmbeddingObjective
 from jepa_platform.registry import ENCODERS, OBJECTIVES
@@ -63,7 +64,7 @@ def test_every_trainable_parameter_gets_a_gradient(name: str):
     model = build_objective((f"objective={name}",))
     loss = model.training_step(objective_batch(model, 16), 0)
     assert loss.dim() == 0 and torch.isfinite(loss)
-    energies = model.exposed["energies"]  # per-sample energies for the energy histogram
+    energies = exposed(model, "energies")  # per-sample energies for the energy histogram
     assert energies and all(e.shape == (16,) and torch.isfinite(e).all() for e in energies.values()), name
     loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]

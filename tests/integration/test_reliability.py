@@ -22,6 +22,7 @@ from support.data import write_tar
 
 from data_modules.urls import tar_has_end
 from jepa_platform.callbacks import NonFiniteGuard, TrainingDiverged
+from jepa_platform.callbacks.guards import _grads_finite
 from jepa_platform.config import build_preset
 
 COLLAPSE = ["debug=fast", "optimizer=adamw", "optimizer.lr=5e-3", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false"]
@@ -104,6 +105,21 @@ def _fit(guard: NonFiniteGuard, tmp_path: Path, at: int, checkpoint_every: int =
 def test_nonfinite_guard_stop_names_the_step_without_reading_every_step(tmp_path: Path):
     with pytest.raises(TrainingDiverged, match="non-finite at step 3 "):
         _fit(_guard(policy="stop", check_every_n_steps=5), tmp_path, at=3)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), None])
+def test_gradient_check_finds_one_non_finite_value_in_any_dtype_and_leaves_the_gradients(bad: float | None):
+    # a finite loss can still overflow in the backward pass: the guard reads the gradients themselves, grouped by dtype
+    params = [torch.nn.Parameter(torch.ones(n, dtype=dtype)) for n in (3, 5, 7) for dtype in (torch.float32, torch.bfloat16, torch.float64)]
+    for i, p in enumerate(params):
+        p.grad = torch.arange(p.numel(), dtype=p.dtype) - i
+    params.append(torch.nn.Parameter(torch.ones(2)))  # no gradient: skipped
+    if bad is not None:
+        params[4].grad[2] = bad
+    before = [p.grad.clone() for p in params[:-1]]
+    assert bool(_grads_finite(params, sharded=False)) is (bad is None)
+    for a, p in zip(before, params, strict=False):
+        torch.testing.assert_close(p.grad, a, rtol=0, atol=0, equal_nan=True)
 
 
 class _BlowsInATerm(_Blows):

@@ -62,3 +62,19 @@ def test_channels_last_is_the_same_function_in_another_memory_layout():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(nhwc(x), plain(x), rtol=1e-4, atol=1e-4)
+
+
+def test_sincos_grid_is_computed_once_and_usable_for_training_after_inference():
+    from jepa_platform.encoders.pos_embed import _cached_grid, sincos_1d, sincos_grid
+
+    _cached_grid.cache_clear()
+    with torch.inference_mode():  # first asked for by a planner or an evaluation
+        first = sincos_grid((1, 3, 5), 12)
+    assert not first.is_inference() and sincos_grid((1, 3, 5), 12) is first
+    assert sincos_grid((1, 3, 5), 12, dtype=torch.bfloat16).dtype == torch.bfloat16
+    h, w = torch.meshgrid(torch.arange(3), torch.arange(5), indexing="ij")
+    expected = torch.cat([sincos_1d(torch.zeros(15), 4), sincos_1d(h.flatten(), 4), sincos_1d(w.flatten(), 4)], dim=1)
+    torch.testing.assert_close(first, expected)
+    x = torch.randn(2, 15, 12, requires_grad=True)
+    (x + first).sum().backward()  # a training step may use the shared table
+    assert x.grad is not None
