@@ -30,6 +30,7 @@ from jepa_platform.objectives import JointEmbeddingObjective
 from jepa_platform.profiling import default_profiler
 from jepa_platform.tracking import RunLogger
 from jepa_platform.train import _build_logger, _instantiate_callbacks
+from jepa_platform.transfer import PlainBatchTransfer
 
 #: objective -> overrides that make a CPU-sized version of its usual recipe
 SETUPS = {
@@ -110,7 +111,7 @@ def config(objective: str, batch_size: int, steps: int, runs_dir: Path, extra: l
 
 
 def platform_steps(cfg: Any, batches: list[dict]) -> list[float]:
-    """Step times of ``trainer.fit`` as ``jepa train`` builds it (minus the data module: the batches are given)."""
+    """Step times of ``trainer.fit`` as ``jepa train`` builds it (the data module hands over the given batches)."""
     L.seed_everything(0, workers=False)
     model = build(cfg.objective, "objective")
     timer = StepTimes()
@@ -119,9 +120,19 @@ def platform_steps(cfg: Any, batches: list[dict]) -> list[float]:
     logged_on_host(trainer)  # as run_train: a logging step's values reach the host in one transfer
     if isinstance(logger, RunLogger):
         logger.connect()
-    loader = DataLoader(Batches(batches), batch_size=None)
-    trainer.fit(model, train_dataloaders=loader)
+    trainer.fit(model, datamodule=PremadeBatches(batches))
     return timer.steps()
+
+
+class PremadeBatches(PlainBatchTransfer):
+    """The pre-made batches as a data module that moves them to the device as the platform's data modules do."""
+
+    def __init__(self, batches: list[dict]) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(Batches(self.batches), batch_size=None)
 
 
 def bare_steps(cfg: Any, batches: list[dict]) -> list[float]:

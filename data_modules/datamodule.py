@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, default_collate
 from data_modules.epoch_plan import ShardStream, exact_batches_per_rank
 from data_modules.urls import dataset_split, expand_urls, is_remote, read_manifest, shard_sizes
 from jepa_platform.errors import ConfigError
+from jepa_platform.transfer import PlainBatchTransfer
 
 log = logging.getLogger(__name__)
 EpochMode = Literal["exact", "resampled"]
@@ -84,7 +85,7 @@ class DataPosition:
         return replace(plan, epoch=epoch, batches=batches)
 
 
-class StreamingDataModule(L.LightningDataModule):
+class StreamingDataModule(PlainBatchTransfer):
     """Shards in, fixed-length training epochs and labelled evaluation batches out.
 
     Args:

@@ -37,6 +37,8 @@ class ModelCheckpoint(LightningModelCheckpoint):
         return key
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._every_n_train_steps < 1 and self._train_time_interval is None:
+            return  # epoch checkpoints only (the default): nothing to decide after a batch, as in Lightning's own hook
         last_batch = batch_idx + 1 >= trainer.num_training_batches
         if last_batch and validation_follows(trainer) and self._every_n_train_steps >= 1:
             if trainer.global_step % self._every_n_train_steps == 0 and not self._should_skip_saving_checkpoint(trainer):

@@ -46,6 +46,17 @@ def _kinds(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     return list(groups.values())
 
 
+_ONES: dict[torch.device, torch.Tensor] = {}
+
+
+def _one(device: torch.device) -> torch.Tensor:
+    """A read-only ``(1,)`` one on ``device`` (the check's ``inv_scale``), made once per device."""
+    one = _ONES.get(device)
+    if one is None:
+        one = _ONES[device] = torch.ones(1, device=device)
+    return one
+
+
 def _non_finite(groups: list[list[torch.Tensor]]) -> torch.Tensor:
     """``(1,)`` device bool: whether any tensor of ``groups`` (each of one device and dtype) holds a NaN or an inf.
 
@@ -56,7 +67,7 @@ def _non_finite(groups: list[list[torch.Tensor]]) -> torch.Tensor:
     for tensors in groups:
         device = tensors[0].device
         flag = torch.zeros(1, device=device)
-        torch._amp_foreach_non_finite_check_and_unscale_(tensors, flag, torch.ones(1, device=device))
+        torch._amp_foreach_non_finite_check_and_unscale_(tensors, flag, _one(device))
         found.append(flag)
     total = found[0] if len(found) == 1 else torch.stack([f.to(found[0].device) for f in found]).sum(0)
     return total > 0

@@ -41,7 +41,6 @@ from jepa_platform.losses.functional import LossOutput
 from jepa_platform.masking.collate import model_input
 from jepa_platform.optim import LR_SCALING, OptimizerFactory, lr_scale, param_groups, warmup_cosine
 from jepa_platform.parallel import FSDP2Strategy, shard_objective
-from jepa_platform.transfer import move_batch
 
 log = logging.getLogger(__name__)
 __all__ = ["BANK_LOADER", "VAL_LOADER", "JointEmbeddingObjective", "Objective", "SelfSupervisedObjective", "StepOutput"]
@@ -203,12 +202,6 @@ class Objective(L.LightningModule):
             "pairs": {k: (_detached(a), _detached(b)) for k, (a, b) in (pairs or {}).items()},
             "energies": {k: _detached(v) for k, v in (energies or {}).items()},
         }
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """The batch on ``device`` by :func:`~jepa_platform.transfer.move_batch` (a walk of plain collections only;
-        other types: Lightning's generic one)."""
-        moved = move_batch(batch, device)
-        return moved if moved is not None else super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_fit_start(self) -> None:
         # here the list is final (the Trainer's, Lightning's defaults and configure_callbacks'), and every run has it

@@ -1,4 +1,4 @@
-"""The batch mover of the objectives (jepa_platform.transfer) and its fallback to Lightning's."""
+"""The batch mover of the data modules (jepa_platform.transfer) and its fallback to Lightning's."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from collections import namedtuple
 
 import torch
 
-from jepa_platform.testing import build_objective, objective_batch
-from jepa_platform.transfer import move_batch
+from jepa_platform.transfer import PlainBatchTransfer, move_batch
 
 
 def test_move_batch_moves_every_tensor_of_nested_plain_collections():
@@ -28,10 +27,13 @@ def test_move_batch_keeps_tensors_already_there_and_refuses_other_types():
     assert move_batch([object()], torch.device("cpu")) is None
 
 
-def test_objective_moves_its_batch_and_falls_back_to_lightning_for_other_types():
-    model = build_objective(("debug=fast", "objective=vicreg"))
-    batch = model.transfer_batch_to_device(objective_batch(model, 2, image_size=8), torch.device("meta"), 0)
-    assert all(v.device.type == "meta" for v in batch["views"])
+def test_data_modules_move_their_batches_and_fall_back_to_lightning_for_other_types():
+    from data_modules.datamodule import StreamingDataModule
+
+    assert issubclass(StreamingDataModule, PlainBatchTransfer)  # what jepa train's data modules use
+    module = PlainBatchTransfer()
+    batch = module.transfer_batch_to_device({"views": [torch.ones(2, 3)], "label": torch.arange(2)}, torch.device("meta"), 0)
+    assert batch["views"][0].device.type == "meta" and batch["label"].device.type == "meta"
     Pair = namedtuple("Pair", "a b")
-    out = model.transfer_batch_to_device(Pair(torch.ones(1), torch.zeros(1)), torch.device("meta"), 0)
+    out = module.transfer_batch_to_device(Pair(torch.ones(1), torch.zeros(1)), torch.device("meta"), 0)
     assert isinstance(out, Pair) and out.a.device.type == "meta"
