@@ -18,7 +18,7 @@ from jepa_platform.callbacks.cadence import logged_on_host
 
 class _Logs(L.LightningModule):
     """Logs ``sparse`` on every 3rd step, ``between`` between the steps that log, ``dense`` every step, ``mean`` per
-    epoch and ``bar`` to the progress bar."""
+    epoch, ``bar`` to the progress bar and ``val`` per validation epoch."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,11 +35,17 @@ class _Logs(L.LightningModule):
         self.log("bar", loss + 1, prog_bar=True)
         return loss
 
+    def validation_step(self, batch, batch_idx):
+        self.log("val", (self.w * batch[0]).mean())
+
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
     def train_dataloader(self):
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(40.0)[:, None]), batch_size=4)
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(12.0)[:, None]), batch_size=4)
 
 
 class _Snapshots(Callback):
@@ -78,8 +84,25 @@ def test_metric_dicts_and_logged_values_are_unchanged_when_each_value_is_copied_
     (theirs, their_log), (ours, our_log) = _run(tmp_path / "lightning", platform=False), _run(tmp_path / "platform", platform=True)
     assert len(theirs) == len(ours) == 21
     assert ours == theirs
-    assert {"sparse", "between", "dense", "mean", "bar"} <= set(ours[-1]["callback_metrics"])
+    assert {"sparse", "between", "dense", "mean", "bar", "val"} <= set(ours[-1]["callback_metrics"])
     assert our_log == their_log and "between" in our_log.splitlines()[0]
+
+
+def test_a_logged_state_is_moved_only_when_it_is_elsewhere():
+    from lightning.pytorch.trainer.connectors.logger_connector.result import _ResultCollection
+
+    from jepa_platform.callbacks.cadence import _move_states_only_when_elsewhere
+
+    results = _ResultCollection(training=True)
+    _move_states_only_when_elsewhere(results)
+    for value in (1.0, 3.0):
+        results.log("training_step", "x", torch.tensor(value), on_step=True, on_epoch=True, batch_size=2)
+    metric = results["training_step.x"]
+    meta = metric.meta
+    assert metric.to(torch.device("cpu")) is metric and metric.meta is meta  # already there: Lightning's walk skipped
+    assert float(metric.value) == 8.0 and int(metric.cumulated_batch_size) == 4  # the values were accumulated
+    metric.to(torch.device("meta"))  # elsewhere: Lightning's move
+    assert metric.value.device.type == metric.cumulated_batch_size.device.type == "meta"
 
 
 class _Watch(Callback):
