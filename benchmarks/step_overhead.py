@@ -69,6 +69,73 @@ class StepTimes(Callback):
         return intervals(self.starts)
 
 
+class ModelTimes(StepTimes):
+    """Step times, and per step the time of the model's own work inside it: what the bare loop runs (the objective's
+    step, ``backward``, the optimiser's update without Lightning's closure, ``zero_grad``, the EMA update), timed in
+    place. A step's time minus its model time is what the framework added to that very step, so a machine whose speed
+    drifts between rounds moves both parts together (``benchmarks/framework_overhead.py``'s "in place" column)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model: list[float] = []
+        self._current = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = "shared_step" if isinstance(pl_module, JointEmbeddingObjective) else "training_step"  # as bare_steps
+        for name in (step, "backward", "update_target"):
+            if callable(getattr(pl_module, name, None)):
+                self._timed(pl_module, name)
+        for optimizer in trainer.optimizers:
+            self._timed(optimizer, "zero_grad")
+            self._timed_update(optimizer)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.starts:
+            self.model.append(self._current)
+        self._current = 0.0
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.model.append(self._current)
+        super().on_train_end(trainer, pl_module)
+
+    def _timed(self, owner: Any, name: str) -> None:
+        fn = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._current += time.perf_counter() - start
+
+        setattr(owner, name, timed)
+
+    def _timed_update(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer.step`` less its closure (Lightning runs the step, backward and their hooks inside it; the model's
+        parts of those are timed by their own wrappers)."""
+        step = optimizer.step
+
+        def timed(closure: Any = None, **kwargs: Any) -> Any:
+            inner = 0.0
+
+            def timed_closure() -> Any:
+                nonlocal inner
+                start = time.perf_counter()
+                try:
+                    return closure()
+                finally:
+                    inner += time.perf_counter() - start
+
+            start = time.perf_counter()
+            try:
+                return step(closure=None if closure is None else timed_closure, **kwargs)
+            finally:
+                self._current += time.perf_counter() - start - inner
+
+        optimizer.step = timed
+
+
 class Batches(Dataset):
     """The same pre-made batches every epoch (``batch_size=None`` loaders hand them over as they are)."""
 
@@ -110,11 +177,12 @@ def config(objective: str, batch_size: int, steps: int, runs_dir: Path, extra: l
     )
 
 
-def platform_steps(cfg: Any, batches: list[dict]) -> list[float]:
-    """Step times of ``trainer.fit`` as ``jepa train`` builds it (the data module hands over the given batches)."""
+def platform_steps(cfg: Any, batches: list[dict], timer: StepTimes | None = None) -> list[float]:
+    """Step times of ``trainer.fit`` as ``jepa train`` builds it (the data module hands over the given batches),
+    taken by ``timer`` (default: a :class:`StepTimes`)."""
     L.seed_everything(0, workers=False)
     model = build(cfg.objective, "objective")
-    timer = StepTimes()
+    timer = timer or StepTimes()
     logger = _build_logger(cfg, None)
     trainer = build(cfg.trainer, "trainer", callbacks=[*_instantiate_callbacks(cfg.callbacks), timer], logger=logger, **default_profiler(cfg.trainer))
     logged_on_host(trainer)  # as run_train: a logging step's values reach the host in one transfer

@@ -1,0 +1,25 @@
+"""The framework-overhead benchmark's in-place timer (benchmarks.step_overhead.ModelTimes): one model time per step,
+inside that step, and the same parts the bare loop runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import open_dict
+
+from benchmarks.framework_overhead import tiny_config
+from benchmarks.step_overhead import ModelTimes, platform_steps
+from jepa_platform.config import build
+from jepa_platform.testing import objective_batch
+
+
+def test_model_times_are_one_per_step_and_a_part_of_it(tmp_path: Path):
+    steps = 12
+    cfg = tiny_config("ema_jepa", tmp_path / "runs", 4, steps)  # an objective with an EMA update and its own step
+    with open_dict(cfg):
+        cfg.callbacks.online_probe.num_classes = 10
+    batches = [objective_batch(build(cfg.objective, "objective"), 4, seed=i, image_size=int(cfg.data.image_size)) for i in range(steps)]
+    timer = ModelTimes()
+    times = platform_steps(cfg, batches, timer)
+    assert len(times) == len(timer.model) == steps
+    assert all(0 < model < step for model, step in zip(timer.model, times, strict=True))
