@@ -122,9 +122,9 @@ def measure(name: str, batch_size: int, steps: int, rounds: int, warmup: int, ex
         rounds_platform, rounds_bare, rounds_in_place = [], [], []
         for _ in range(rounds):
             timer = ModelTimes()
-            steps_ = platform_steps(cfg, batches, timer)
-            rounds_platform.append(steps_)
-            rounds_in_place.append(statistics.median(quiet([t - m for t, m in zip(steps_, timer.model, strict=True)], warmup)))
+            times = platform_steps(cfg, batches, timer)
+            rounds_platform.append(times)
+            rounds_in_place.append(statistics.median(quiet([t - m for t, m in zip(times, timer.model, strict=True)], warmup)))
             rounds_bare.append(bare_steps(cfg, batches))
     platform = min(rounds_platform, key=lambda t: statistics.median(quiet(t, warmup)))
     bare = min(rounds_bare, key=lambda t: statistics.median(t[warmup:]))

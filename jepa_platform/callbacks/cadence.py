@@ -96,15 +96,16 @@ def _move_states_only_when_elsewhere(results: Any) -> None:
     ``to`` returns at once when every tensor it holds is already on the target device (a move there changes
     nothing) and otherwise does Lightning's move. A read of Lightning's internals, as the connector's above."""
     original = results.log
+    registered = 0  # names seen so far: Lightning only adds names, so a longer collection holds new ones
 
-    def log(fx: str, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
-        original(fx, name, value, *args, **kwargs)
-        key = f"{fx}.{name}"
-        if kwargs.get("add_dataloader_idx", True) and results.dataloader_idx is not None:
-            key += f".{results.dataloader_idx}"
-        metric = results.get(key)
-        if metric is not None and "to" not in vars(metric):
-            object.__setattr__(metric, "to", _cheap_move(metric))  # found before Module.to, a plain method
+    def log(*args: Any, **kwargs: Any) -> None:
+        nonlocal registered
+        original(*args, **kwargs)
+        if len(results) != registered:
+            for metric in results.values():
+                if "to" not in vars(metric):
+                    object.__setattr__(metric, "to", _cheap_move(metric))  # found before Module.to, a plain method
+            registered = len(results)
 
     results.log = log
 

@@ -1,5 +1,5 @@
 """The framework-overhead benchmark's in-place timer (benchmarks.step_overhead.ModelTimes): one model time per step,
-inside that step, and the same parts the bare loop runs."""
+each a part of its step (that it times what the bare loop runs is checked by timing, in benchmarks/README.md)."""
 
 from __future__ import annotations
 
