@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 
 from jepa_platform.callbacks.evaluation import exposed
 from jepa_platform.config import group_options
-from jepa_platform.objectives.base import JointEmbeddingObjective
+from jepa_platform.objectives.base import _PLAIN_STEP_ATTRIBUTES, JointEmbeddingObjective
 from jepa_platform.registry import ENCODERS, OBJECTIVES
 from jepa_platform.surprise import FuturePredictor
 from jepa_platform.testing import build_objective, encoder_overrides, objective_batch, objective_class
@@ -70,6 +70,8 @@ def test_every_trainable_parameter_gets_a_gradient(name: str):
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
     assert not no_grad, f"{name}: no finite gradient for {no_grad}"
     assert any(p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    # the attributes set at every step bypass Module's setter, which is right only while none names a registered part
+    assert not _PLAIN_STEP_ATTRIBUTES & {*model._parameters, *model._buffers, *model._modules}, name
 
 
 @pytest.mark.parametrize("option", ENCODER_OPTIONS)

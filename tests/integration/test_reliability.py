@@ -19,9 +19,10 @@ from mlflow import MlflowClient
 from PIL import Image
 from support.cli import run_jepa
 from support.data import write_tar
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from data_modules.urls import tar_has_end
-from jepa_platform.callbacks import NonFiniteGuard, TrainingDiverged
+from jepa_platform.callbacks import NonFiniteGuard, TrainingDiverged, guards
 from jepa_platform.callbacks.guards import _grads_finite
 from jepa_platform.config import build_preset
 
@@ -139,6 +140,42 @@ def test_nonfinite_guard_names_the_loss_term_that_went_non_finite(tmp_path: Path
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[guard])
     with pytest.raises(TrainingDiverged, match=r"non-finite at step 3 \(loss term stretch, loss term total NaN"):
         trainer.fit(_BlowsInATerm(at=3))
+
+
+def test_nonfinite_guard_still_names_the_step_when_its_terms_are_no_longer_kept(tmp_path: Path, monkeypatch):
+    # the guard keeps references to the latest steps' terms only; one that was dropped is named as "loss or gradients"
+    monkeypatch.setattr(guards, "MAX_KEPT_STEPS", 1)
+    guard = _guard(policy="stop", check_every_n_steps=5)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[guard])
+    with pytest.raises(TrainingDiverged, match=r"non-finite at step 3 \(loss or gradients NaN"):
+        trainer.fit(_BlowsInATerm(at=3))
+
+
+@pytest.mark.parametrize("width", [1, 40])
+def test_nonfinite_guard_stop_costs_the_same_few_operations_per_step_whatever_the_model(width: int):
+    # at GPU step rates the guard's cost is its kernel count: one fused check and one add, however many gradients
+    module = torch.nn.Sequential(*(torch.nn.Linear(3, 3) for _ in range(width)))
+    for p in module.parameters():
+        p.grad = torch.ones_like(p)
+    module.last_loss = SimpleNamespace(total=torch.tensor(1.0), terms={"a": torch.tensor(2.0), "b": torch.tensor(3.0)})
+    guard = _guard(policy="stop")
+    guard._record(module, 0)  # the first step allocates the flags
+    with _CountOps() as ops:
+        guard._record(module, 1)
+    assert ops.names == ["_amp_foreach_non_finite_check_and_unscale_", "add_.Tensor"]
+
+
+class _CountOps(TorchDispatchMode):
+    """The aten operations run inside the block, by name."""
+
+    def __enter__(self):
+        self.names: list[str] = []
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func not in (torch.ops.aten.detach.default, torch.ops.aten.alias.default):  # views: no kernel
+            self.names.append(str(func.name()).removeprefix("aten::"))
+        return func(*args, **(kwargs or {}))
 
 
 def test_nonfinite_guard_skip_stops_after_bad_steps_in_a_row_naming_the_term(tmp_path: Path):
