@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from PIL import Image
 from support.cli import run_jepa
 from support.data import write_tar
+from support.guards import guard_messages
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from data_modules.urls import tar_has_end
@@ -163,6 +164,13 @@ def test_nonfinite_guard_stop_costs_the_same_few_operations_per_step_whatever_th
     with _CountOps() as ops:
         guard._record(module, 1)
     assert ops.names == ["_amp_foreach_non_finite_check_and_unscale_", "add_.Tensor"]
+
+
+def test_nonfinite_guard_stops_every_rank_at_the_step_that_one_rank_saw_go_non_finite():
+    # every rank takes part in the check's collectives and raises the same error, or the others wait forever
+    (clean0, first), (clean1, second) = guard_messages(bad_rank=1, bad_step=3)
+    assert clean0 == clean1 == ""
+    assert first == second and "non-finite at step 3 (loss term stretch, loss term total NaN" in first, (first, second)
 
 
 class _CountOps(TorchDispatchMode):
