@@ -66,6 +66,10 @@ TINY = {
 #: narrow one-block predictors for the objectives that have them (their recipes' are several blocks of width 96)
 ONE_BLOCK = ["objective.predictor_dim=16", "objective.predictor_depth=1", "objective.predictor_heads=1"]
 TINY_OBJECTIVE = {
+    # SIGReg's random directions are its width: the recipe's 1024 (for 128-wide embeddings) would be 64 per dimension
+    # of these 16-wide ones, and their projections (16 x 1024 x 17 knots, cos and sin) made lejepa's step 9 ms here,
+    # whose memory traffic slowed the Python around it (1.13 ms of overhead in place against 0.58-0.73 with 64)
+    "lejepa": ["objective.regulariser.num_slices=64"],
     "ema_jepa": ONE_BLOCK,
     "pixel_predictor": ONE_BLOCK,
     "h_jepa": [
