@@ -3,7 +3,7 @@ millisecond, where on a GPU the Python around the step, not the model, sets the 
 
 For every registered objective, a tiny version of its debug recipe (a one-block ViT of width 16 on 8 px inputs for
 image objectives, 16 px for the masked JEPAs, whose masks need an 8x8 token grid; a 3-layer convnet of width 4 on
-8 px frames for world models; batch 16) is trained through ``trainer.fit`` as
+8 px frames for world models; SIGReg with 64 directions; batch 16) is trained through ``trainer.fit`` as
 ``jepa train`` builds it: the default callbacks (online probe, embedding statistics, kNN, collapse monitor,
 non-finite guard, EMA, data health, system monitor, plots, pre-emption), the MLflow logger (a local sqlite store),
 the LR schedule, ``log_every_n_steps=10``. Against it, the same model, optimiser and EMA update in a bare loop on the
