@@ -1,8 +1,8 @@
 """Guards that stop a run from wasting its budget or its checkpoints: non-finite training and collapse.
 
-:class:`NonFiniteGuard` watches the loss, its terms and the gradients. ``policy="stop"`` keeps a flag and the
-first bad step on the device and reads them every ``check_every_n_steps`` steps and before every checkpoint, so
-training pays no host sync per step; the run then ends with one line naming the step and the loss term, and the
+:class:`NonFiniteGuard` watches the loss, its terms and the gradients. ``policy="stop"`` keeps a flag and a
+count of the steps since the first bad one on the device and reads them every ``check_every_n_steps`` steps and
+before every checkpoint, so training pays no host sync per step; the run then ends with one line naming the step and the loss term, and the
 bad weights are never written. ``policy="skip"`` must decide before each optimiser step, so it reads the flag every
 step: a non-finite step's gradients are dropped (the optimiser leaves every parameter and its state as they
 were), counted in ``train/nonfinite_steps``, and ``max_consecutive`` bad steps in a row stop the run.
@@ -197,7 +197,7 @@ class NonFiniteGuard(Callback):
             self._recent.append((step, names, terms))
 
     def _first_bad(self) -> torch.Tensor | None:
-        """``(1,)`` long: the first non-finite step on this rank, -1 if none (``None`` before the first check)."""
+        """``(1,)`` long: the first non-finite step on this rank, -1 if none (``None`` before the first recorded step)."""
         if self._bad_steps is None:
             return None
         bad = self._bad_steps.long()
