@@ -44,6 +44,7 @@ def _worker(rank: int, world_size: int, port: int, bad_rank: int, bad_step: int,
     try:
         messages = [_run(rank, None if case == "clean" else bad_rank, bad_step, steps) for case in ("clean", "bad")]
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(messages))
+        dist.barrier()  # a rank tearing the group down while the other still uses it aborts ("terminate called ...")
     finally:
         dist.destroy_process_group()
 
